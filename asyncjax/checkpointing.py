@@ -1,0 +1,52 @@
+"""Everything that touches Orbax: one CheckpointManager per training phase.
+
+Each checkpoint holds two items: `state` (the TrainState pytree) and `meta`
+(JSON: class ranking, split point, memory bank, config, elapsed wall time).
+Orbax writes each step into a temporary directory and renames it when
+complete, so a process killed mid-write leaves the previous step intact and
+`latest_step` never returns a half-written one.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class PhaseCheckpoints:
+    def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
+        self.directory = os.path.abspath(directory)
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, meta: dict) -> None:
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, abstract_state=None):
+        """(state, meta) of `step`. With `abstract_state` (ShapeDtypeStructs with
+        shardings) arrays are placed as it says; without, they come back as saved."""
+        state_args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None \
+            else ocp.args.StandardRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def restore_meta(self, step: int) -> dict:
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)

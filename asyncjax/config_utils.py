@@ -1,0 +1,107 @@
+"""Helpers for the Python config files in configs/ (big_vision style).
+
+`get_config(arg)` receives the text after the colon of
+`--config=configs/cifar100_lt.py:imbalance=100,smoke=True`; `parse_arg` turns it
+into typed values, taking each key's type from its default and rejecting
+unknown keys with the list of valid ones.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def _convert(key: str, text: str, default):
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"config argument {key}={text!r}: expected a boolean (True/False)")
+    try:
+        return type(default)(text)
+    except ValueError as e:
+        raise ValueError(f"config argument {key}={text!r}: expected {type(default).__name__}") from e
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses 'key=value,key2=value2' against `defaults` (which also fix the types)."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; valid ones: {sorted(defaults)}")
+        values[key] = _convert(key, text.strip(), defaults[key]) if sep else True
+    return ml_collections.ConfigDict(values)
+
+
+def phase_recipe(*, epochs: int, batch_size: int, base_lr: float, base_batch_size: int,
+                 schedule: str, **extra) -> ml_collections.ConfigDict:
+    """One training phase: the optimiser recipe of METHOD.md's "Recipes" table.
+
+    The learning rate scales linearly with the global batch (lr = base_lr * batch /
+    base_batch_size); both numbers stay in the config so the rule is visible.
+    """
+    recipe = ml_collections.ConfigDict(dict(
+        epochs=epochs,
+        batch_size=batch_size,          # Global batch, across all devices and hosts.
+        base_lr=base_lr,                # At base_batch_size.
+        base_batch_size=base_batch_size,
+        schedule=schedule,              # "step" or "cosine".
+        warmup_epochs=0,
+        decay_fractions=(0.8, 0.9),     # "step": at 80% and 90% of the epochs (160, 180 of 200).
+        decay_factor=0.1,               # (choice) x0.1 at each step.
+        head_lr_multiplier=1.0,         # Classifier lr / backbone lr (Places-LT: 0.05 / 5e-4).
+        momentum=0.9,
+        weight_decay=5e-4,
+        sampler="instance",             # instance | class_balanced | sqrt | progressive.
+        max_steps_per_epoch=0,          # 0: whole epochs; > 0 caps them (smoke runs).
+    ))
+    recipe.update(extra)
+    return recipe
+
+
+def common_config() -> ml_collections.ConfigDict:
+    """Keys shared by every dataset config; each file fills in its recipe."""
+    config = ml_collections.ConfigDict()
+    config.dataset = ""
+    config.method = "async"             # "async" (dual-phase) or "plain" (one joint phase).
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict(dict(
+        cifar100_dir=ml_collections.config_dict.placeholder(str),
+        tfds_data_dir=ml_collections.config_dict.placeholder(str),
+        imbalance=100,                  # IF = n_max / n_min.
+        max_count=500,                  # n_max: images of the largest class (CIFAR-100: 500).
+        subsample_seed=0,               # (choice) seed of the per-class subsampling.
+    ))
+    config.model = ml_collections.ConfigDict(dict(
+        backbone="resnet32",
+        head="cosine",                  # Needed by L_intra; "linear" for baselines.
+        cosine_scale_init=16.0,         # (choice) sigma's initial value.
+        dtype="float32",                # "bfloat16": bf16 compute, f32 params and optimiser state.
+    ))
+    config.split = ml_collections.ConfigDict(dict(
+        num_head_classes=0,             # C1; 0: classes with >= 20 images (Many + Medium).
+    ))
+    config.memory = ml_collections.ConfigDict(dict(
+        per_class=10,                   # K (choice; paper's ablation 2..18).
+        max_chunk_bytes=256 << 20,      # Bound on the padded feature block per chunk.
+    ))
+    config.loss = ml_collections.ConfigDict(dict(
+        retention_weight_base=1.0,      # lambda_base; lambda = lambda_base * sqrt(C1 / C2).
+        retention_temperature=1.0,      # tau (choice).
+        retention_normalize=True,       # (choice) L2-normalise features before the distance.
+        retention_reduction="mean",     # (choice) "mean" over nodes, or "sum" (paper).
+        intra_margin=0.5,               # m (choice; LUCIR).
+        intra_top_k=2,                  # K_m (choice; LUCIR).
+    ))
+    config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
+    config.mesh = ml_collections.ConfigDict(dict(
+        model=1,                        # Devices on the `model` axis (shards the classifier's classes).
+    ))
+    config.log_every_steps = 50
+    config.eval_every_epochs = 10       # Monitoring only; the reported model is the final one.
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 2
+    return config

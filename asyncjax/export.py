@@ -1,0 +1,80 @@
+"""Command line: python -m asyncjax.export --workdir=DIR --output=model.npz
+
+Writes the latest checkpoint's parameters and BatchNorm statistics as a flat
+numpy archive: names joined with '/', e.g. `params/backbone/conv1/kernel`,
+`batch_stats/backbone/bn1/mean`, plus `class_ids` (output row -> original class
+id). Read it back with np.load(path, allow_pickle=False). The final phase is
+exported (phase II, or the joint phase of method=plain); --phase=phase1
+exports the phase-I model.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
+flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
+flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint"],
+                  "Phase to export; default: the last phase that has a checkpoint.")
+flags.mark_flags_as_required(["workdir", "output"])
+
+PHASES = ("phase2", "joint", "phase1")  # Most final first.
+
+
+def flatten(tree, prefix="") -> dict[str, np.ndarray]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.ndarray]:
+    from asyncjax import checkpointing
+
+    root = os.path.join(workdir, "checkpoints")
+    candidates = [phase] if phase else [p for p in PHASES if os.path.isdir(os.path.join(root, p))]
+    for name in candidates:
+        directory = os.path.join(root, name)
+        if not os.path.isdir(directory):
+            continue
+        ckpt = checkpointing.PhaseCheckpoints(directory, read_only=True)
+        step = ckpt.latest_step()
+        if step is None:
+            continue
+        state, meta = ckpt.restore(step)
+        ckpt.close()
+        arrays = flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
+        num_outputs = next(v.shape[-1] for k, v in arrays.items() if k.startswith("params/head/")
+                           and k.endswith("kernel"))
+        arrays["class_ids"] = np.asarray(meta["rank_to_class"], np.int64)[:num_outputs]
+        arrays["step"] = np.asarray(step, np.int64)
+        tmp = output + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, output)
+        print(f"exported {name} step {step} ({len(arrays)} arrays, {num_outputs} classes) to {output}")
+        return arrays
+    raise FileNotFoundError(f"no checkpoint to export in {workdir!r}"
+                            + (f" for phase {phase}" if phase else "") + " (expected checkpoints/<phase>/<step>)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    try:
+        export(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.phase)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

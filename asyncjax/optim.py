@@ -1,0 +1,59 @@
+"""Optimiser and learning-rate schedules (METHOD.md "Recipes"): SGD with momentum
+0.9 and coupled weight decay 5e-4 (as PyTorch's SGD, which the paper used), a
+linear warm-up, then step decay or cosine decay to 0."""
+from __future__ import annotations
+
+import flax.traverse_util
+import ml_collections
+import optax
+
+
+def scaled_learning_rate(recipe: ml_collections.ConfigDict) -> float:
+    """lr = base_lr * global batch / base_batch_size (linear scaling rule)."""
+    return recipe.base_lr * recipe.batch_size / recipe.base_batch_size
+
+
+def learning_rate_schedule(recipe: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Warm-up over `warmup_epochs` (from lr/W to lr, as LDAM-DRW), then
+    "step" (x decay_factor at each of decay_fractions of the run) or "cosine" (to 0)."""
+    lr = scaled_learning_rate(recipe)
+    total = recipe.epochs * steps_per_epoch
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    if recipe.schedule == "step":
+        boundaries = {int(round(f * total)) - warmup: recipe.decay_factor for f in recipe.decay_fractions}
+        main = optax.piecewise_constant_schedule(lr, boundaries)
+    elif recipe.schedule == "cosine":
+        main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
+    else:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; choose 'step' or 'cosine'")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(lr / warmup, lr, warmup), main], [warmup])
+
+
+def _decay_mask(params):
+    # (choice) The cosine classifier's scale sigma is a temperature, not a weight:
+    # it gets no weight decay.
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({k: k[-1] != "scale" for k in flat})
+
+
+def _head_labels(params):
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({k: "head" if k[0] == "head" else "backbone" for k in flat})
+
+
+def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int):
+    """Returns (optax transformation, schedule). The head's lr is the backbone's
+    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4)."""
+    schedule = learning_rate_schedule(recipe, steps_per_epoch)
+
+    def sgd(multiplier):
+        return optax.chain(
+            optax.add_decayed_weights(recipe.weight_decay, mask=_decay_mask),
+            optax.sgd(lambda step: multiplier * schedule(step), momentum=recipe.momentum))
+
+    if recipe.head_lr_multiplier == 1.0:
+        return sgd(1.0), schedule
+    return optax.multi_transform(
+        {"backbone": sgd(1.0), "head": sgd(recipe.head_lr_multiplier)}, _head_labels), schedule

@@ -1,0 +1,122 @@
+"""Pure functional train and inference steps: (state, batch, rng) -> (state, metrics).
+
+train.py jits them once with their shardings. A batch is a dict of arrays
+sharded on the mesh's `data` axis: `images` (uint8, augmented on the device),
+`labels` (output rows, i.e. class ranks) and, in phase II, `is_memory`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from asyncjax import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # Optimiser steps taken in this phase.
+    params: Any              # {'backbone': W_r, 'head': W_c}
+    batch_stats: Any         # BatchNorm running statistics.
+    opt_state: Any
+
+
+def init_train_state(model, tx, rng, image_shape) -> TrainState:
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+
+
+def _apply_gradients(state, tx, grads, batch_stats):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state)
+
+
+def make_classification_step(model, tx, schedule, preprocess: Callable) -> Callable:
+    """Phase I (Eq. 1, cross-entropy over the C1 head classes) and the plain joint
+    baseline (cross-entropy over all C classes): the same step on other data."""
+
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))
+
+        def loss_fn(params):
+            out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                        train=True, mutable=["batch_stats"])
+            loss = losses.cross_entropy(out["logits"], batch["labels"])
+            return loss, (out, new_vars["batch_stats"])
+
+        (loss, (out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {"loss": loss, "cls": loss, "lr": schedule(state.step),
+                   "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["labels"])}
+        return _apply_gradients(state, tx, grads, batch_stats), metrics
+
+    return step
+
+
+def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num_head: int,
+                     retention_weight: float, loss_config) -> Callable:
+    """Phase II (Algorithm 1, lines 11-15; Eq. 9):
+
+        L = mean_B (L_cls + L_intra) + lambda * L_dis(B)
+
+    `old_variables` are the frozen phase-I backbone's {'params', 'batch_stats'};
+    it runs in inference mode on the same augmented images. The graph of L_dis
+    is the global batch: under jit the features are gathered across devices.
+    """
+
+    def step(state: TrainState, old_variables: dict, batch: dict, rng: jax.Array):
+        images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))
+        old_features = jax.lax.stop_gradient(backbone.apply(old_variables, images, train=False))
+
+        def loss_fn(params):
+            out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                        train=True, mutable=["batch_stats"])
+            cls = losses.cross_entropy(out["logits"], batch["labels"])
+            intra = losses.intra_margin_loss(out["cosine"], batch["labels"], batch["is_memory"], num_head,
+                                             margin=loss_config.intra_margin, top_k=loss_config.intra_top_k)
+            dis = losses.memory_retentive_loss(old_features, out["features"],
+                                               temperature=loss_config.retention_temperature,
+                                               normalize=loss_config.retention_normalize,
+                                               reduction=loss_config.retention_reduction)
+            total = cls + intra + retention_weight * dis
+            return total, (out, new_vars["batch_stats"], {"cls": cls, "intra": intra, "dis": dis})
+
+        (loss, (out, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {"loss": loss, **terms, "lr": schedule(state.step),
+                   "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["labels"])}
+        return _apply_gradients(state, tx, grads, batch_stats), metrics
+
+    return step
+
+
+def make_predict_step(model, preprocess: Callable) -> Callable:
+    """Inference: (variables, images) -> {'prediction': top-1 row, 'features': z}."""
+
+    def predict(variables: dict, images: jax.Array):
+        out = model.apply(variables, preprocess(images, None), train=False)
+        return {"prediction": jnp.argmax(out["logits"], -1).astype(jnp.int32), "features": out["features"]}
+
+    return predict
+
+
+def extend_classifier(phase1_params: dict, new_head_params: dict) -> dict:
+    """Phase-I -> phase-II hand-off: keep W_r and the C1 rows of W_c1, append the C2
+    new rows W_c2 along the class axis (the last one), giving C outputs.
+
+    `new_head_params` is a freshly initialised C-class head, whose last C2 rows
+    (random, or imprinted) become W_c2; its scale, if any, is replaced by
+    phase I's.
+    """
+    def merge(old, new):
+        if old.ndim == 0:       # The cosine head's scale sigma: carried over.
+            return old
+        num_old = old.shape[-1]
+        return jnp.concatenate([old, new[..., num_old:]], axis=-1)
+
+    head = jax.tree.map(merge, phase1_params["head"], new_head_params)
+    return {**phase1_params, "head": head}

@@ -1,0 +1,402 @@
+"""The dual-phase training loop (Algorithm 1 of the paper; METHOD.md).
+
+    run(config, workdir)
+      -> phase I   : cross-entropy on the C1 head classes X1        (Eq. 1)
+      -> memory    : K exemplars per head class from phase-I features (Eqs. 2-5)
+      -> phase II  : X2 + M with L_cls + L_intra + lambda L_dis      (Eqs. 6-9)
+      -> results.json (overall / many / medium / few, final model)
+
+`method=plain` runs one joint phase over all C classes instead. Every phase
+resumes from its latest checkpoint; the batch order is a pure function of
+(seed, phase, epoch, step), so a resumed run sees the same batches.
+
+Workdir layout: config.json, checkpoints/{phase1,phase2,joint}/,
+memory_bank.npz, metrics.jsonl, tensorboard/, results.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from asyncjax import augment, checkpointing, evaluate, losses, memory, optim, sharding, steps
+from asyncjax.data import datasets, longtail
+from asyncjax.data.sampling import EpochSampler
+from asyncjax.models import make_backbone, make_model
+from asyncjax.reporting import Reporter
+
+# Fields that must match to resume a workdir: a different value means other checkpoints.
+IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed")
+PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3}
+EVAL_BATCH = 500
+
+
+def _summary(accuracies: dict) -> str:
+    text = lambda v: "n/a" if v is None else f"{v:.2f}"
+    return (f"overall {text(accuracies['overall'])}% (many {text(accuracies['many'])}, "
+            f"medium {text(accuracies['medium'])}, few {text(accuracies['few'])})")
+
+
+class Interrupted(SystemExit):
+    """Raised after a checkpoint when SIGTERM/SIGINT arrived during training."""
+
+
+class TrainingDiverged(FloatingPointError):
+    pass
+
+
+def _get(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    if config.method not in ("async", "plain"):
+        raise ValueError(f"method must be 'async' or 'plain', got {config.method!r}")
+    if config.method == "async" and config.model.head != "cosine":
+        raise ValueError("method=async needs model.head='cosine' (L_intra uses cosine scores)")
+    if config.memory.per_class < 1:
+        raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
+    if config.phase2_init not in ("random", "imprint"):
+        raise ValueError(f"phase2_init must be 'random' or 'imprint', got {config.phase2_init!r}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+
+
+def _atomic_write_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def check_workdir(config, workdir: str) -> None:
+    """Writes config.json on a new workdir; refuses a workdir of another configuration."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = ml_collections.ConfigDict(json.load(f))
+        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
+        if differing:
+            diff = ", ".join(f"{k}: workdir has {_get(saved, k)!r}, this run {_get(config, k)!r}"
+                             for k in differing)
+            raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
+                             f"({diff}); use another --workdir")
+        return
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        _atomic_write_json(path, json.loads(config.to_json()))
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and stops."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Holds what the phases share: data in rank space, mesh, reporter."""
+
+    def __init__(self, config, workdir: str):
+        validate_config(config)
+        self.config = config
+        self.workdir = workdir
+        self.data = datasets.load(config)
+        counts = self.data.train_counts
+        split_arg = config.split.num_head_classes or None
+        self.split = longtail.make_class_split(counts, split_arg)
+        self.train_labels = self.split.to_rank(self.data.train_labels)   # Output rows.
+        self.test_labels = self.split.to_rank(self.data.test_labels)
+        self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
+        self.mesh = sharding.make_mesh(config.mesh.model)
+        self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+        self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
+        check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
+        self.reporter = Reporter(workdir)
+        self.rng = jax.random.key(config.seed)
+        self.stop = None
+        self._predict_fns = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+    def model(self, num_outputs: int):
+        return make_model(self.config.model.backbone, self.config.model.head, num_outputs, dtype=self.dtype,
+                          cosine_scale_init=self.config.model.cosine_scale_init)
+
+    def meta(self, **extra) -> dict:
+        return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
+                "config": self.config.to_json(), **extra}
+
+    def predict(self, model, state, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sharded inference over host images: (top-1 output rows, features)."""
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        unit = sharding.data_size(self.mesh) * jax.process_count()
+        batch = -(-EVAL_BATCH // unit) * unit
+        if model not in self._predict_fns:  # One compilation per model, not per call.
+            var_shardings = jax.tree.map(lambda x: x.sharding, variables)
+            self._predict_fns[model] = jax.jit(
+                steps.make_predict_step(model, self.eval_preprocess),
+                in_shardings=(var_shardings, sharding.batch_sharding(self.mesh)),
+                out_shardings=sharding.batch_sharding(self.mesh))
+        predict = self._predict_fns[model]
+        predictions, features = [], []
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            padded = np.zeros((batch, *chunk.shape[1:]), chunk.dtype)
+            padded[:len(chunk)] = chunk
+            local = sharding.process_slice(padded)
+            out = predict(variables, sharding.global_batch({"images": local}, self.mesh)["images"])
+            out = multihost_utils.process_allgather(out, tiled=True)
+            predictions.append(np.asarray(out["prediction"])[:len(chunk)])
+            features.append(np.asarray(out["features"])[:len(chunk)])
+        return np.concatenate(predictions), np.concatenate(features)
+
+    def accuracy(self, model, state, class_rows: np.ndarray | None = None) -> dict:
+        """Shot accuracies on the test split, optionally restricted to test samples of `class_rows`."""
+        predictions, _ = self.predict(model, state, self.data.test_images)
+        labels = self.test_labels
+        if class_rows is not None:
+            keep = np.isin(labels, class_rows)
+            predictions, labels = predictions[keep], labels[keep]
+        return evaluate.shot_accuracy(predictions, labels, self.counts)
+
+    # ---- one phase -----------------------------------------------------------------------
+    def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
+                    extra_inputs: tuple = (), extra_shardings: tuple = (), batch_extras=None,
+                    meta_extra: dict | None = None):
+        """Trains one phase to its last step, resuming from its checkpoints.
+
+        init_fn(model, tx) -> TrainState, make_step(model, tx, schedule) -> step fn.
+        Returns (model, state, elapsed seconds over all runs of this phase).
+        """
+        config = self.config
+        recipe = config.phase2 if name == "phase2" else config.phase1
+        labels = self.train_labels[rows]
+        sampler = EpochSampler(labels, recipe.batch_size, seed=config.seed, phase=PHASE_IDS[name],
+                               strategy=recipe.sampler, total_epochs=recipe.epochs,
+                               max_steps_per_epoch=recipe.max_steps_per_epoch)
+        if recipe.batch_size % (sharding.data_size(self.mesh) * jax.process_count()):
+            raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
+                             f"{sharding.data_size(self.mesh)} data-parallel devices")
+        tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch)
+        model = self.model(num_outputs)
+        abstract = jax.eval_shape(lambda: init_fn(model, tx))
+        state_shardings = sharding.state_shardings(abstract, self.mesh)
+        ckpt = checkpointing.PhaseCheckpoints(os.path.join(self.workdir, "checkpoints", name),
+                                              keep=config.keep_checkpoints)
+        total = recipe.epochs * sampler.steps_per_epoch
+        latest = ckpt.latest_step()
+        elapsed_before = 0.0
+        if latest is not None:
+            state, meta = ckpt.restore(latest, checkpointing.abstract_with_shardings(abstract, state_shardings))
+            elapsed_before = float(meta.get("elapsed_s", 0.0))
+            if latest < total:
+                self.reporter.info(f"{name}: resuming from step {latest}/{total}")
+        else:
+            state = jax.jit(lambda: init_fn(model, tx), out_shardings=state_shardings)()
+        if int(state.step) >= total:
+            ckpt.close()
+            return model, state, elapsed_before
+
+        self.reporter.info(f"{name}: {len(rows)} training images, {num_outputs} classes, "
+                           f"{sampler.steps_per_epoch} steps/epoch x {recipe.epochs} epochs, "
+                           f"global batch {recipe.batch_size}, lr {optim.scaled_learning_rate(recipe):g}, "
+                           f"{jax.device_count()} devices")
+        batch_sh = sharding.batch_sharding(self.mesh)
+        replicated = sharding.replicated(self.mesh)
+        train_step = jax.jit(make_step(model, tx, schedule),
+                             in_shardings=(state_shardings, *extra_shardings, batch_sh, replicated),
+                             out_shardings=(state_shardings, replicated), donate_argnums=0)
+        rng = jax.random.fold_in(self.rng, PHASE_IDS[name])
+        started = time.time()
+        last_log_time, last_log_step = time.time(), int(state.step)
+        summed = None
+
+        def save(step_number):
+            ckpt.save(step_number, state, self.meta(elapsed_s=elapsed_before + time.time() - started,
+                                                    **(meta_extra or {})))
+
+        for step_number in range(int(state.step), total):
+            epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
+            positions = sharding.process_slice(sampler.batch(epoch, step_in_epoch))
+            local = {"images": self.data.train_images[rows[positions]], "labels": labels[positions]}
+            if batch_extras is not None:
+                local.update(batch_extras(rows[positions], labels[positions]))
+            state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
+            summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
+            done = step_number + 1
+            end_of_epoch = done % sampler.steps_per_epoch == 0
+            if done % config.log_every_steps == 0 or done == total or self.stop.signal:
+                count = done - last_log_step
+                means = {k: float(v) / count for k, v in jax.device_get(summed).items()}
+                self._check_finite(name, done, means)
+                now = time.time()
+                rate = count * recipe.batch_size / max(now - last_log_time, 1e-9)
+                self.reporter.train_line(name, epoch, recipe.epochs, done, total, means, rate,
+                                         (total - done) * recipe.batch_size / max(rate, 1e-9))
+                self.reporter.write(name, done, {**means, "images_per_second": rate})
+                last_log_time, last_log_step, summed = now, done, None
+            if done % config.checkpoint_every_steps == 0 or done == total or self.stop.signal:
+                save(done)
+            if self.stop.signal:
+                ckpt.wait()
+                ckpt.close()
+                raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
+                                  f"with a checkpoint; run the same command again to resume")
+            if end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0 and done < total:
+                acc = self.accuracy(model, state)
+                self.reporter.info(f"{name} epoch {epoch + 1} test (monitoring only): "
+                                   + " ".join(f"{k} {100 * v:.2f}" for k, v in acc.items()))
+                self.reporter.write(name, done, {f"test_{k}": v for k, v in acc.items()})
+        ckpt.wait()
+        ckpt.close()
+        return model, state, elapsed_before + time.time() - started
+
+    def _check_finite(self, phase, step, means):
+        for term, value in means.items():
+            if not np.isfinite(value):
+                raise TrainingDiverged(f"non-finite loss in {phase} at step {step}: {term} = {value}; "
+                                       "the last good checkpoint is kept")
+
+    # ---- the method ----------------------------------------------------------------------
+    def run_plain(self) -> dict:
+        num_classes = self.split.num_classes
+        rows = np.arange(len(self.train_labels))
+        init = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
+                                                        self.data.image_shape)
+        make_step = lambda model, tx, schedule: steps.make_classification_step(model, tx, schedule,
+                                                                               self.train_preprocess)
+        model, state, seconds = self.train_phase("joint", num_classes, rows, init, make_step)
+        return {**self.final_accuracy(model, state), "wall_time_s": {"joint": seconds}}
+
+    def run_async(self) -> dict:
+        c1, c = self.split.num_head, self.split.num_classes
+        head_rows = np.flatnonzero(self.train_labels < c1)
+        init1 = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
+                                                         self.data.image_shape)
+        make_step1 = lambda model, tx, schedule: steps.make_classification_step(model, tx, schedule,
+                                                                                self.train_preprocess)
+        model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
+        phase1_result = {"head": self._percent(self.accuracy(model1, state1, np.arange(c1))),
+                         "all": self._percent(self.accuracy(model1, state1))}
+        self.reporter.info(f"phase1 final test accuracy: head classes {phase1_result['head']['overall']:.2f}%, "
+                           f"all classes {phase1_result['all']['overall']:.2f}%")
+
+        started = time.time()
+        bank = self.memory_bank(model1, state1, head_rows)
+        seconds_bank = time.time() - started
+        tail_rows = np.flatnonzero(self.train_labels >= c1)
+        rows2 = np.sort(np.concatenate([tail_rows, memory.flatten_bank(bank)]))
+        self.reporter.info(f"memory bank: {int((bank >= 0).sum())} exemplars of {c1} head classes "
+                           f"({seconds_bank:.1f} s); phase II data: {len(tail_rows)} tail + bank")
+
+        # The frozen phase-I backbone; copied so that donating phase II's state never frees it.
+        old_variables = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                                     {"params": state1.params["backbone"],
+                                      "batch_stats": state1.batch_stats["backbone"]})
+        old_shardings = jax.tree.map(lambda x: x.sharding, old_variables)
+        imprint = self.imprinted_rows(model1, state1) if self.config.phase2_init == "imprint" else None
+
+        def init2(model, tx):
+            fresh = model.init(jax.random.fold_in(self.rng, 2), jnp.zeros((1, *self.data.image_shape)),
+                               train=False)["params"]["head"]
+            if imprint is not None:
+                fresh = {**fresh, "kernel": fresh["kernel"].at[:, c1:].set(imprint)}
+            params = steps.extend_classifier(state1.params, fresh)
+            return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                    batch_stats=state1.batch_stats, opt_state=tx.init(params))
+
+        weight = losses.retention_weight(c1, c - c1, self.config.loss.retention_weight_base)
+        backbone = make_backbone(self.config.model.backbone, self.dtype)
+        make_step2 = lambda model, tx, schedule: steps.make_phase2_step(
+            model, backbone, tx, schedule, self.train_preprocess, num_head=c1, retention_weight=weight,
+            loss_config=self.config.loss)
+        is_memory = lambda rows, labels: {"is_memory": (labels < c1).astype(np.float32)}
+        model2, state2, seconds2 = self.train_phase(
+            "phase2", c, rows2, init2, make_step2, extra_inputs=(old_variables,),
+            extra_shardings=(old_shardings,), batch_extras=is_memory,
+            meta_extra={"memory_bank": bank.tolist()})
+        return {**self.final_accuracy(model2, state2), "phase1": phase1_result,
+                "num_head_classes": c1, "retention_weight": weight,
+                "memory_bank_size": int((bank >= 0).sum()),
+                "wall_time_s": {"phase1": seconds1, "memory_bank": seconds_bank, "phase2": seconds2}}
+
+    def memory_bank(self, model1, state1, head_rows) -> np.ndarray:
+        """Exemplar indices (into the LT training set) per head class; saved to memory_bank.npz."""
+        path = os.path.join(self.workdir, "memory_bank.npz")
+        if os.path.exists(path):
+            with np.load(path, allow_pickle=False) as saved:
+                return saved["bank"]
+        _, features = self.predict(model1, state1, self.data.train_images[head_rows])
+        local = memory.build_memory_bank(features, self.train_labels[head_rows], np.arange(self.split.num_head),
+                                         self.config.memory.per_class,
+                                         max_chunk_bytes=self.config.memory.max_chunk_bytes)
+        bank = np.where(local >= 0, head_rows[np.maximum(local, 0)], -1)
+        if jax.process_index() == 0:
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, bank=bank, rank_to_class=self.split.rank_to_class)
+            os.replace(tmp, path)
+        return bank
+
+    def imprinted_rows(self, model1, state1) -> jax.Array:
+        """(choice) W_c2 rows = normalised mean phase-I feature of each tail class: [d, C2]."""
+        c1 = self.split.num_head
+        tail_rows = np.flatnonzero(self.train_labels >= c1)
+        _, features = self.predict(model1, state1, self.data.train_images[tail_rows])
+        labels = self.train_labels[tail_rows] - c1
+        means = np.stack([features[labels == k].mean(axis=0) for k in range(self.split.num_tail)])
+        means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+        return jnp.asarray(means.T, jnp.float32)
+
+    @staticmethod
+    def _percent(accuracies: dict) -> dict:
+        # An empty shot group (NaN) is written as null: results.json stays strict JSON.
+        return {k: None if np.isnan(v) else 100.0 * v for k, v in accuracies.items()}
+
+    def final_accuracy(self, model, state) -> dict:
+        return self._percent(self.accuracy(model, state))
+
+    def run(self) -> dict:
+        results_path = os.path.join(self.workdir, "results.json")
+        if os.path.exists(results_path):
+            with open(results_path) as f:
+                results = json.load(f)
+            self.reporter.info(f"{self.workdir} is complete: {_summary(results)}")
+            return results
+        with _StopFlag() as self.stop, jax.set_mesh(self.mesh):
+            results = self.run_async() if self.config.method == "async" else self.run_plain()
+        results.update({"config": json.loads(self.config.to_json()), "data_note": self.data.note,
+                        "num_classes": self.split.num_classes, "devices": jax.device_count(),
+                        "rank_to_class": self.split.rank_to_class.tolist()})
+        if jax.process_index() == 0:
+            _atomic_write_json(results_path, results)
+        self.reporter.info(f"final test accuracy: {_summary(results)}"
+                           + (f" [{self.data.note}]" if self.data.note else ""))
+        self.reporter.close()
+        return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    return Trainer(config, workdir).run()

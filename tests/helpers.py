@@ -1,0 +1,60 @@
+"""Helpers shared by the trainer tests: a tiny CIFAR-100 directory and the CLI."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Overrides that shrink a run to a few steps per phase on a ResNet-8 (all on the real code path).
+TINY = ["--config.model.backbone=resnet8", "--config.data.max_count=20", "--config.data.imbalance=10",
+        "--config.split.num_head_classes=60", "--config.memory.per_class=3",
+        "--config.phase1.batch_size=16", "--config.phase2.batch_size=16",
+        "--config.phase1.epochs=2", "--config.phase2.epochs=2",
+        "--config.phase1.max_steps_per_epoch=3", "--config.phase2.max_steps_per_epoch=3",
+        "--config.phase1.warmup_epochs=1", "--config.phase2.warmup_epochs=1",
+        "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2"]
+
+
+def write_tiny_cifar(directory, train_per_class=20, test_per_class=2, seed=0):
+    """CIFAR-100 in the official binary layout with random images whose colour depends on the class."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(100, 3))
+    for name, per_class in (("train.bin", train_per_class), ("test.bin", test_per_class)):
+        labels = np.repeat(np.arange(100), per_class)
+        rng.shuffle(labels)
+        noise = rng.integers(-40, 40, size=(len(labels), 3, 32, 32))
+        pixels = np.clip(colours[labels][:, :, None, None] + noise, 0, 255).astype(np.uint8)
+        records = np.concatenate([(labels // 5)[:, None].astype(np.uint8), labels[:, None].astype(np.uint8),
+                                  pixels.reshape(len(labels), -1)], axis=1)
+        records.tofile(os.path.join(directory, name))
+    return str(directory)
+
+
+def cli_env(devices=1):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def main_command(workdir, cifar_dir, *extra, config="configs/cifar100_lt.py:smoke=True"):
+    return [sys.executable, "-m", "asyncjax.main", f"--config={config}", f"--workdir={workdir}",
+            f"--config.data.cifar100_dir={cifar_dir}", *extra]
+
+
+def run_main(workdir, cifar_dir, *extra, devices=1, timeout=600, **kwargs):
+    return subprocess.run(main_command(workdir, cifar_dir, *extra, **kwargs), cwd=REPO, env=cli_env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def export(workdir, output, *extra):
+    result = subprocess.run([sys.executable, "-m", "asyncjax.export", f"--workdir={workdir}",
+                             f"--output={output}", *extra], cwd=REPO, env=cli_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(output, allow_pickle=False))

@@ -1,0 +1,51 @@
+"""Runs two phase-II steps sharded over all visible devices; prints the metrics as JSON.
+
+Called by test_train.py with XLA_FLAGS=--xla_force_host_platform_device_count=N.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from asyncjax import augment, config_utils, optim, sharding, steps
+from asyncjax.models import make_backbone, make_model
+
+
+def main():
+    num_head, num_classes, batch = 5, 8, 16
+    recipe = config_utils.phase_recipe(epochs=1, batch_size=batch, base_lr=0.1, base_batch_size=batch,
+                                       schedule="step")
+    tx, schedule = optim.make_optimizer(recipe, 10)
+    model = make_model("resnet8", "cosine", num_classes)
+    loss_config = ml_collections.ConfigDict(dict(retention_temperature=1.0, retention_normalize=True,
+                                                 retention_reduction="mean", intra_margin=0.5, intra_top_k=2))
+    mesh = sharding.make_mesh(1)
+    rng = np.random.default_rng(0)
+    local = {"images": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
+             "labels": rng.integers(0, num_classes, batch).astype(np.int32)}
+    local["is_memory"] = (local["labels"] < num_head).astype(np.float32)
+    with jax.set_mesh(mesh):
+        init = lambda: steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+        shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
+        state = jax.jit(init, out_shardings=shardings)()
+        old = jax.tree.map(lambda x: jnp.array(x, copy=True) + 0.01,
+                           {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
+        old_shardings = jax.tree.map(lambda x: x.sharding, old)
+        step = jax.jit(steps.make_phase2_step(model, make_backbone("resnet8"), tx, schedule, augment.cifar_train,
+                                              num_head=num_head, retention_weight=1.2, loss_config=loss_config),
+                       in_shardings=(shardings, old_shardings, sharding.batch_sharding(mesh),
+                                     sharding.replicated(mesh)),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+        results = []
+        for _ in range(2):
+            state, metrics = step(state, old, sharding.global_batch(local, mesh), jax.random.key(3))
+            results.append({k: float(v) for k, v in metrics.items()})
+        kernel = np.asarray(state.params["head"]["kernel"])
+    print(json.dumps({"devices": jax.device_count(), "metrics": results,
+                      "kernel_sum": float(np.abs(kernel).sum())}))
+
+
+if __name__ == "__main__":
+    main()

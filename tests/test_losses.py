@@ -1,0 +1,131 @@
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asyncjax import losses
+
+
+def reference_retentive(old, new, temperature, normalize, reduction):
+    """Eqs. 6-8 written out with explicit pairwise differences, float64."""
+    old, new = np.asarray(old, np.float64), np.asarray(new, np.float64)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    cos = unit(old) @ unit(new).T                         # [i, j] = s(z_i, ẑ_j)
+    a = np.exp(cos / temperature)
+    a /= a.sum(axis=1, keepdims=True)                     # softmax over new nodes j
+    if normalize:
+        old, new = unit(old), unit(new)
+    dist = np.linalg.norm(old[:, None, :] - new[None, :, :], axis=-1)
+    mu = (a * dist).sum(axis=1)
+    return mu.mean() if reduction == "mean" else mu.sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("batch,dim", [(1, 3), (5, 7), (32, 64)])
+@pytest.mark.parametrize("temperature,normalize,reduction",
+                         [(1.0, True, "mean"), (0.1, False, "sum"), (2.0, True, "sum"), (0.5, False, "mean")])
+def test_memory_retentive_loss_matches_reference(seed, batch, dim, temperature, normalize, reduction):
+    rng = np.random.default_rng(seed)
+    old = rng.normal(size=(batch, dim)).astype(np.float32)
+    new = (old + rng.normal(scale=0.5, size=(batch, dim))).astype(np.float32)
+    got = losses.memory_retentive_loss(old, new, temperature=temperature, normalize=normalize,
+                                       reduction=reduction)
+    want = reference_retentive(old, new, temperature, normalize, reduction)
+    np.testing.assert_allclose(float(got), want, rtol=2e-4, atol=1e-5)
+
+
+def test_memory_retentive_gradient_matches_direct_formula():
+    rng = np.random.default_rng(1)
+    old = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    new = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+
+    def direct(new):  # Same maths with explicit differences, for jax.grad.
+        unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        a = jax.nn.softmax(unit(old) @ unit(new).T, axis=1)
+        dist = jnp.linalg.norm(unit(old)[:, None] - unit(new)[None], axis=-1)
+        return (a * dist).sum(axis=1).mean()
+
+    np.testing.assert_allclose(jax.grad(lambda n: losses.memory_retentive_loss(old, n))(new),
+                               jax.grad(direct)(new), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_memory_retentive_gradient_finite_when_old_equals_new(normalize):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16)), jnp.float32)
+    value, grad = jax.value_and_grad(
+        lambda n: losses.memory_retentive_loss(x, n, normalize=normalize))(x)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_memory_retentive_loss_never_builds_b_by_b_by_d():
+    batch, dim = 48, 40
+    x = jnp.zeros((batch, dim))
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda n: losses.memory_retentive_loss(x, n)))(x)
+
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            for var in eqn.outvars:
+                yield int(np.prod(var.aval.shape)) if hasattr(var.aval, "shape") else 0
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from sizes(sub)
+
+    assert max(sizes(jaxpr.jaxpr)) < batch * batch * dim / 4
+
+
+def test_memory_retentive_loss_memory_at_scale():
+    """At B = 4096, d = 2048 the jitted value-and-grad needs well under 1 GB of temporaries."""
+    spec = jax.ShapeDtypeStruct((4096, 2048), jnp.float32)
+    fn = jax.jit(jax.value_and_grad(lambda o, n: losses.memory_retentive_loss(o, n), argnums=1))
+    analysis = fn.lower(spec, spec).compile().memory_analysis()
+    if analysis is None:
+        pytest.fail("this backend reports no memory analysis")
+    assert analysis.temp_size_in_bytes < 600 * 2**20, analysis.temp_size_in_bytes
+
+
+def reference_intra(cos, labels, is_memory, num_old, margin, top_k):
+    total = 0.0
+    for b in range(len(labels)):
+        if not is_memory[b]:
+            continue
+        negatives = sorted(cos[b, num_old:], reverse=True)[:top_k]
+        total += sum(max(0.0, margin - cos[b, labels[b]] + n) for n in negatives)
+    return total / len(labels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("batch,num_classes,num_old,top_k,margin",
+                         [(8, 10, 7, 2, 0.5), (16, 30, 20, 3, 0.2), (5, 4, 3, 2, 0.5), (12, 100, 70, 2, 1.0)])
+def test_intra_margin_loss_matches_reference(seed, batch, num_classes, num_old, top_k, margin):
+    rng = np.random.default_rng(seed)
+    cos = rng.uniform(-1, 1, size=(batch, num_classes)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=batch)
+    is_memory = rng.random(batch) < 0.5
+    got = losses.intra_margin_loss(cos, labels, is_memory, num_old, margin=margin, top_k=top_k)
+    want = reference_intra(cos, labels, is_memory, num_old, margin, top_k)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_intra_margin_loss_is_zero_without_memory_samples():
+    cos = np.random.default_rng(0).uniform(-1, 1, size=(6, 10)).astype(np.float32)
+    labels = np.arange(6)
+    assert float(losses.intra_margin_loss(cos, labels, np.zeros(6, bool), 7)) == 0.0
+    assert float(losses.intra_margin_loss(cos, labels, np.ones(6, bool), 7)) > 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cross_entropy_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(9, 6)).astype(np.float32)
+    labels = rng.integers(0, 6, size=9)
+    weights = (rng.random(9) < 0.7).astype(np.float32)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    per = -log_p[np.arange(9), labels]
+    np.testing.assert_allclose(float(losses.cross_entropy(logits, labels)), per.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.cross_entropy(logits, labels, weights)),
+                               (per * weights).sum() / weights.sum(), rtol=1e-5)
+
+
+def test_retention_weight():
+    assert losses.retention_weight(294, 71) == pytest.approx(2.035, abs=1e-3)  # Places-LT, Appendix A.
+    assert losses.retention_weight(70, 30, base=2.0) == pytest.approx(2 * np.sqrt(70 / 30))

@@ -1,0 +1,111 @@
+"""Train steps on tiny shapes, and the phase-I -> phase-II classifier extension."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from asyncjax import augment, config_utils, losses, optim, steps
+from asyncjax.models import make_backbone, make_model
+
+LOSS_CONFIG = ml_collections.ConfigDict(dict(
+    retention_temperature=1.0, retention_normalize=True, retention_reduction="mean",
+    intra_margin=0.5, intra_top_k=2))
+
+
+def _setup(num_classes, batch=8):
+    recipe = config_utils.phase_recipe(epochs=1, batch_size=batch, base_lr=0.05, base_batch_size=batch,
+                                       schedule="step")
+    tx, schedule = optim.make_optimizer(recipe, 20)
+    model = make_model("resnet8", "cosine", num_classes)
+    rng = np.random.default_rng(0)
+    batch_data = {"images": jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3)), jnp.uint8),
+                  "labels": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
+    return tx, schedule, model, batch_data
+
+
+def test_phase1_step_decreases_loss_on_a_fixed_batch():
+    tx, schedule, model, batch = _setup(5)
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    step = jax.jit(steps.make_classification_step(model, tx, schedule, augment.cifar_eval))
+    first = None
+    for _ in range(12):
+        state, metrics = step(state, batch, jax.random.key(1))
+        first = float(metrics["loss"]) if first is None else first
+    assert int(state.step) == 12
+    assert float(metrics["loss"]) < 0.7 * first
+
+
+def test_phase2_step_decreases_loss_and_reports_each_term():
+    num_head, num_classes = 3, 6
+    tx, schedule, model, batch = _setup(num_classes)
+    batch["is_memory"] = (batch["labels"] < num_head).astype(jnp.float32)
+    phase1 = make_model("resnet8", "cosine", num_head).init(jax.random.key(2), jnp.zeros((1, 32, 32, 3)),
+                                                           train=False)
+    old = {"params": phase1["params"]["backbone"], "batch_stats": phase1["batch_stats"]["backbone"]}
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    step = jax.jit(steps.make_phase2_step(model, make_backbone("resnet8"), tx, schedule, augment.cifar_eval,
+                                          num_head=num_head, retention_weight=1.5, loss_config=LOSS_CONFIG))
+    history = []
+    for _ in range(12):
+        state, metrics = step(state, old, batch, jax.random.key(1))
+        history.append({k: float(v) for k, v in metrics.items()})
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    for h in history:  # The total is exactly Eq. 9's combination of the reported terms.
+        np.testing.assert_allclose(h["loss"], h["cls"] + h["intra"] + 1.5 * h["dis"], rtol=1e-5)
+    assert history[0]["intra"] > 0 and history[0]["dis"] > 0
+
+
+def test_phase2_terms_match_the_losses_module():
+    """One phase-II step's reported terms equal the losses computed separately on its forward pass."""
+    num_head, num_classes = 3, 6
+    tx, schedule, model, batch = _setup(num_classes)
+    batch["is_memory"] = (batch["labels"] < num_head).astype(jnp.float32)
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    backbone = make_backbone("resnet8")
+    old = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+    step = steps.make_phase2_step(model, backbone, tx, schedule, augment.cifar_eval, num_head=num_head,
+                                  retention_weight=2.0, loss_config=LOSS_CONFIG)
+    _, metrics = jax.jit(step)(state, old, batch, jax.random.key(1))
+    images = augment.cifar_eval(batch["images"])
+    out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=True,
+                         mutable=["batch_stats"])
+    old_features = backbone.apply(old, images, train=False)
+    np.testing.assert_allclose(metrics["cls"], losses.cross_entropy(out["logits"], batch["labels"]), rtol=1e-4)
+    np.testing.assert_allclose(metrics["intra"], losses.intra_margin_loss(
+        out["cosine"], batch["labels"], batch["is_memory"], num_head), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["dis"], losses.memory_retentive_loss(old_features, out["features"]),
+                               rtol=1e-4)
+
+
+def test_extend_classifier_keeps_phase1_rows():
+    phase1 = make_model("resnet8", "cosine", 4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    params1 = jax.tree.map(lambda x: x + 0.5 if x.ndim == 0 else x, phase1["params"])  # sigma moved off init.
+    fresh = make_model("resnet8", "cosine", 10).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)),
+                                                    train=False)["params"]["head"]
+    merged = steps.extend_classifier(params1, fresh)
+    np.testing.assert_array_equal(merged["head"]["kernel"][:, :4], params1["head"]["kernel"])
+    np.testing.assert_array_equal(merged["head"]["kernel"][:, 4:], fresh["kernel"][:, 4:])
+    assert merged["head"]["kernel"].shape == (64, 10)
+    assert float(merged["head"]["scale"]) == float(params1["head"]["scale"]) == 16.5
+    assert merged["backbone"] is params1["backbone"]
+    linear1 = make_model("resnet8", "linear", 4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    linear_fresh = make_model("resnet8", "linear", 7).init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)),
+                                                          train=False)["params"]["head"]
+    merged = steps.extend_classifier(linear1["params"], linear_fresh)
+    np.testing.assert_array_equal(merged["head"]["fc"]["bias"][:4], linear1["params"]["head"]["fc"]["bias"])
+    assert merged["head"]["fc"]["kernel"].shape == (64, 7)
+
+
+def test_learning_rate_schedules():
+    recipe = config_utils.phase_recipe(epochs=10, batch_size=128, base_lr=0.1, base_batch_size=64,
+                                       schedule="step", warmup_epochs=2, decay_fractions=(0.5, 0.8))
+    schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=10)
+    lr = 0.2  # Scaled linearly with the batch.
+    assert abs(float(schedule(0)) - lr / 20) < 1e-7
+    assert abs(float(schedule(20)) - lr) < 1e-7
+    assert abs(float(schedule(49)) - lr) < 1e-7
+    assert abs(float(schedule(50)) - lr * 0.1) < 1e-7
+    assert abs(float(schedule(80)) - lr * 0.01) < 1e-8
+    recipe.schedule = "cosine"
+    schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=10)
+    assert abs(float(schedule(20 + 40)) - lr / 2) < 1e-6 and float(schedule(100)) < 1e-6

@@ -1,0 +1,150 @@
+"""The trainer through its real command line: configs, smoke runs, resume, devices, export."""
+import json
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asyncjax import main as cli
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    return helpers.write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+def test_config_files_load_and_override():
+    config = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=200,smoke=True")
+    assert config.data.imbalance == 200 and config.model.backbone == "resnet8"
+    assert config.phase1.base_lr * config.phase1.batch_size / config.phase1.base_batch_size == 0.1
+    full = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
+    assert full.phase1.epochs == 200 and full.model.backbone == "resnet32" and full.method == "async"
+    for name in ("imagenet_lt", "places_lt", "inat"):
+        other = cli.load_config_file(str(helpers.REPO / f"configs/{name}.py"))
+        assert other.phase1.schedule in ("step", "cosine") and other.phase1.batch_size > 0
+    with pytest.raises(ValueError, match="imbalance must be"):
+        cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=30")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.phase1.epochz=3", "unknown config key 'phase1.epochz'; valid keys at phase1: .*'epochs'"),
+    ("--config.nonsense=1", "unknown config key 'nonsense'"),
+])
+def test_unknown_override_is_rejected_with_valid_keys(tmp_path, override, message):
+    result = helpers.run_main(tmp_path / "wd", "/nonexistent", override, timeout=120)
+    assert result.returncode != 0
+    import re
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "wd").exists()
+
+
+def test_override_changes_the_run(tmp_path, tiny_cifar):
+    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
+                              "--config.phase1.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "wd" / "config.json").read_text())
+    assert saved["phase1"]["epochs"] == 1 and saved["method"] == "plain"
+    assert "joint epoch 1/1 step 3/3" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["async", "plain"])
+def test_smoke_run_on_real_cifar100_lt(tmp_path, cifar100_dir, method):
+    workdir = tmp_path / method
+    result = helpers.run_main(workdir, cifar100_dir, f"--config.method={method}",
+                              config="configs/cifar100_lt.py:imbalance=100,smoke=True")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    for key in ("overall", "many", "medium", "few"):
+        assert 0.0 <= results[key] <= 100.0
+    assert "re-split" in results["data_note"]
+    if method == "async":
+        assert results["num_head_classes"] == 70 and results["memory_bank_size"] == 700
+        assert set(results["phase1"]) == {"head", "all"}
+        assert set(results["wall_time_s"]) == {"phase1", "memory_bank", "phase2"}
+        assert "phase2" in result.stdout and "memory bank: 700 exemplars" in result.stdout
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
+    assert list((workdir / "tensorboard").iterdir())
+    # Export: flat names, BatchNorm statistics, output rows -> original class ids.
+    arrays = helpers.export(workdir, tmp_path / "model.npz")
+    assert arrays["params/head/kernel"].shape == (64, 100)
+    assert "batch_stats/backbone/bn1/mean" in arrays
+    np.testing.assert_array_equal(arrays["class_ids"], results["rank_to_class"])
+    if method == "async":
+        phase1 = helpers.export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
+        assert phase1["params/head/kernel"].shape == (64, 70)
+        # The hand-off kept phase I's rows; phase II then trained them further.
+        assert phase1["class_ids"].tolist() == results["rank_to_class"][:70]
+    # Re-running a finished workdir only reports.
+    again = helpers.run_main(workdir, cifar100_dir, f"--config.method={method}",
+                             config="configs/cifar100_lt.py:imbalance=100,smoke=True")
+    assert again.returncode == 0 and "is complete" in again.stdout
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_cifar):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def _interrupt_when(workdir, tiny_cifar, marker):
+    """Starts the CLI, sends SIGTERM once `marker` appears in its output, returns (code, output)."""
+    process = subprocess.Popen(helpers.main_command(workdir, tiny_cifar, *helpers.TINY), cwd=helpers.REPO,
+                               env=helpers.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    rest, _ = process.communicate(timeout=300)
+    return process.returncode, "".join(output) + rest
+
+
+@pytest.mark.parametrize("marker", ["phase1 epoch 1/2 step 2/6", "phase2 epoch 1/2 step 2/6"])
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_cifar, uninterrupted, marker):
+    workdir = tmp_path / "wd"
+    code, output = _interrupt_when(workdir, tiny_cifar, marker)
+    assert code == 3, output[-3000:]
+    assert "run the same command again to resume" in output
+    assert not (workdir / "results.json").exists()
+    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step" in resumed.stdout
+    want = helpers.export(uninterrupted, tmp_path / "want.npz")
+    got = helpers.export(workdir, tmp_path / "got.npz")
+    assert sorted(want) == sorted(got)
+    for name in want:  # Bitwise on CPU.
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    a = json.loads((uninterrupted / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
+    for key in ("overall", "many", "medium", "few", "phase1"):
+        assert a[key] == b[key]
+
+
+def test_workdir_of_another_configuration_is_refused(tmp_path, tiny_cifar, uninterrupted):
+    before = sorted(p.name for p in uninterrupted.rglob("*"))
+    result = helpers.run_main(uninterrupted, tiny_cifar, *helpers.TINY, "--config.model.head=linear",
+                              "--config.method=plain")
+    assert result.returncode == 2
+    assert "different configuration" in result.stderr and "model.head" in result.stderr
+    assert sorted(p.name for p in uninterrupted.rglob("*")) == before
+
+
+def test_one_device_and_eight_devices_agree():
+    outputs = []
+    for devices in (1, 8):
+        result = subprocess.run([sys.executable, "-m", "tests.parity_step"], cwd=helpers.REPO,
+                                env=helpers.cli_env(devices), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert [o["devices"] for o in outputs] == [1, 8]
+    for one, eight in zip(outputs[0]["metrics"], outputs[1]["metrics"]):
+        for key in one:
+            np.testing.assert_allclose(eight[key], one[key], rtol=2e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(outputs[1]["kernel_sum"], outputs[0]["kernel_sum"], rtol=1e-4)
