@@ -21,7 +21,9 @@ class PhaseCheckpoints:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -32,10 +34,14 @@ class PhaseCheckpoints:
 
     def restore(self, step: int, abstract_state=None):
         """(state, meta) of `step`. With `abstract_state` (ShapeDtypeStructs with
-        shardings) arrays are placed as it says; without, they come back as saved."""
-        state_args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None \
-            else ocp.args.StandardRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
+        shardings) arrays are placed as it says; without, every array comes to this
+        process's first device, whatever topology wrote the checkpoint (for export)."""
+        if abstract_state is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                          self._manager.item_metadata(step)["state"])
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict:

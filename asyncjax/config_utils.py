@@ -100,6 +100,9 @@ def common_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(
         model=1,                        # Devices on the `model` axis (shards the classifier's classes).
     ))
+    # The device count the recipe's batch size was written for. Informational: any device
+    # count runs the same global batch; change phaseN.batch_size and the lr follows.
+    config.recipe_devices = 1
     config.log_every_steps = 50
     config.eval_every_epochs = 10       # Monitoring only; the reported model is the final one.
     config.checkpoint_every_steps = 500

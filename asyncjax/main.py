@@ -31,6 +31,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint file at INFO.
     FLAGS = flags.FLAGS
     if FLAGS.coordinator_address:
+        # Processes on CPUs need a collectives backend to sum gradients across processes
+        # (this setting only concerns the CPU backend).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.multihost:
         jax.distributed.initialize()

@@ -173,14 +173,15 @@ class Trainer:
             features.append(np.asarray(out["features"])[:len(chunk)])
         return np.concatenate(predictions), np.concatenate(features)
 
-    def accuracy(self, model, state, class_rows: np.ndarray | None = None) -> dict:
-        """Shot accuracies on the test split, optionally restricted to test samples of `class_rows`."""
+    def accuracy(self, model, state, num_classes_evaluated: tuple = (None,)) -> list[dict]:
+        """Shot accuracies on the test split; for each entry of `num_classes_evaluated`,
+        over all test samples (None) or over those of the first k output rows (k)."""
         predictions, _ = self.predict(model, state, self.data.test_images)
-        labels = self.test_labels
-        if class_rows is not None:
-            keep = np.isin(labels, class_rows)
-            predictions, labels = predictions[keep], labels[keep]
-        return evaluate.shot_accuracy(predictions, labels, self.counts)
+        results = []
+        for k in num_classes_evaluated:
+            keep = np.ones(len(predictions), bool) if k is None else self.test_labels < k
+            results.append(evaluate.shot_accuracy(predictions[keep], self.test_labels[keep], self.counts))
+        return results
 
     # ---- one phase -----------------------------------------------------------------------
     def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
@@ -259,6 +260,8 @@ class Trainer:
                 self.reporter.write(name, done, {**means, "images_per_second": rate})
                 last_log_time, last_log_step, summed = now, done, None
             if done % config.checkpoint_every_steps == 0 or done == total or self.stop.signal:
+                # Never write a checkpoint of a diverged model: the last good one stays the latest.
+                self._check_finite(name, done, jax.device_get(metrics))
                 save(done)
             if self.stop.signal:
                 ckpt.wait()
@@ -266,7 +269,7 @@ class Trainer:
                 raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
                                   f"with a checkpoint; run the same command again to resume")
             if end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0 and done < total:
-                acc = self.accuracy(model, state)
+                acc, = self.accuracy(model, state)
                 self.reporter.info(f"{name} epoch {epoch + 1} test (monitoring only): "
                                    + " ".join(f"{k} {100 * v:.2f}" for k, v in acc.items()))
                 self.reporter.write(name, done, {f"test_{k}": v for k, v in acc.items()})
@@ -276,7 +279,7 @@ class Trainer:
 
     def _check_finite(self, phase, step, means):
         for term, value in means.items():
-            if not np.isfinite(value):
+            if term != "lr" and not np.isfinite(value):
                 raise TrainingDiverged(f"non-finite loss in {phase} at step {step}: {term} = {value}; "
                                        "the last good checkpoint is kept")
 
@@ -299,8 +302,8 @@ class Trainer:
         make_step1 = lambda model, tx, schedule: steps.make_classification_step(model, tx, schedule,
                                                                                 self.train_preprocess)
         model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
-        phase1_result = {"head": self._percent(self.accuracy(model1, state1, np.arange(c1))),
-                         "all": self._percent(self.accuracy(model1, state1))}
+        head, everything = self.accuracy(model1, state1, (c1, None))
+        phase1_result = {"head": self._percent(head), "all": self._percent(everything)}
         self.reporter.info(f"phase1 final test accuracy: head classes {phase1_result['head']['overall']:.2f}%, "
                            f"all classes {phase1_result['all']['overall']:.2f}%")
 
@@ -311,6 +314,9 @@ class Trainer:
         rows2 = np.sort(np.concatenate([tail_rows, memory.flatten_bank(bank)]))
         self.reporter.info(f"memory bank: {int((bank >= 0).sum())} exemplars of {c1} head classes "
                            f"({seconds_bank:.1f} s); phase II data: {len(tail_rows)} tail + bank")
+        if self.stop.signal:
+            raise Interrupted(f"{self.stop.signal} received: stopped after the memory bank (saved to "
+                              "memory_bank.npz); run the same command again to resume")
 
         # The frozen phase-I backbone; copied so that donating phase II's state never frees it.
         old_variables = jax.tree.map(lambda x: jnp.array(x, copy=True),
@@ -376,7 +382,7 @@ class Trainer:
         return {k: None if np.isnan(v) else 100.0 * v for k, v in accuracies.items()}
 
     def final_accuracy(self, model, state) -> dict:
-        return self._percent(self.accuracy(model, state))
+        return self._percent(self.accuracy(model, state)[0])
 
     def run(self) -> dict:
         results_path = os.path.join(self.workdir, "results.json")

@@ -13,6 +13,7 @@ def get_config(arg=None):
     arg = config_utils.parse_arg(arg, smoke=False)
     config = config_utils.common_config()
     config.dataset = "places_lt"
+    config.recipe_devices = 8
     config.model.backbone = "resnet152"
     config.init_from = ""
     for name in ("phase1", "phase2"):

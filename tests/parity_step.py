@@ -3,6 +3,7 @@
 Called by test_train.py with XLA_FLAGS=--xla_force_host_platform_device_count=N.
 """
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ def main():
     model = make_model("resnet8", "cosine", num_classes)
     loss_config = ml_collections.ConfigDict(dict(retention_temperature=1.0, retention_normalize=True,
                                                  retention_reduction="mean", intra_margin=0.5, intra_top_k=2))
-    mesh = sharding.make_mesh(1)
+    mesh = sharding.make_mesh(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     rng = np.random.default_rng(0)
     local = {"images": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
              "labels": rng.integers(0, num_classes, batch).astype(np.int32)}
@@ -42,8 +43,9 @@ def main():
         for _ in range(2):
             state, metrics = step(state, old, sharding.global_batch(local, mesh), jax.random.key(3))
             results.append({k: float(v) for k, v in metrics.items()})
+        kernel_spec = str(state.params["head"]["kernel"].sharding.spec)
         kernel = np.asarray(state.params["head"]["kernel"])
-    print(json.dumps({"devices": jax.device_count(), "metrics": results,
+    print(json.dumps({"devices": jax.device_count(), "metrics": results, "kernel_spec": kernel_spec,
                       "kernel_sum": float(np.abs(kernel).sum())}))
 
 

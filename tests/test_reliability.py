@@ -1,0 +1,189 @@
+"""Preemption, crashes, divergence and bad input, through the real command line.
+
+A run interrupted many ways (SIGTERM in phase I, in the memory-bank step and in
+phase II; SIGKILL while a checkpoint is written) and resumed each time ends
+with the same parameters and results.json figures as an uninterrupted run.
+"""
+import json
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+PACKAGE = pathlib.Path(helpers.REPO) / "asyncjax"
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    return helpers.write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_cifar):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def _run_until(workdir, tiny_cifar, marker, sig):
+    """Starts the CLI and sends `sig` as soon as `marker` is printed; returns (code, output)."""
+    process = subprocess.Popen(helpers.main_command(workdir, tiny_cifar, *helpers.TINY), cwd=helpers.REPO,
+                               env=helpers.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if marker in line:
+            process.send_signal(sig)
+            break
+    rest, _ = process.communicate(timeout=300)
+    return process.returncode, "".join(output) + rest
+
+
+def _assert_same_run(workdir, reference, tmp_path):
+    want = helpers.export(reference, tmp_path / "want.npz")
+    got = helpers.export(workdir, tmp_path / "got.npz")
+    assert sorted(want) == sorted(got)
+    for name in want:  # Bitwise on CPU.
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    a = json.loads((reference / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
+    for key in ("overall", "many", "medium", "few", "phase1", "memory_bank_size"):
+        assert a[key] == b[key], key
+
+
+def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tiny_cifar, uninterrupted):
+    workdir = tmp_path / "wd"
+    stops = [("phase1 epoch 1/2 step 2/6", signal.SIGTERM, "stopped phase1 after step 2/6"),
+             ("phase1 final test accuracy", signal.SIGTERM, "stopped after the memory bank"),
+             ("phase2 epoch 1/2 step 2/6", signal.SIGTERM, "stopped phase2 after step 2/6"),
+             # The log line of step 4 comes right before its checkpoint is written.
+             ("phase2 epoch 2/2 step 4/6", signal.SIGKILL, None)]
+    for marker, sig, message in stops:
+        code, output = _run_until(workdir, tiny_cifar, marker, sig)
+        if sig == signal.SIGTERM:
+            assert code == 3, output[-3000:]
+            assert message in output and "run the same command again to resume" in output
+        else:
+            assert code == -signal.SIGKILL, output[-3000:]
+        assert not (workdir / "results.json").exists()
+    assert (workdir / "memory_bank.npz").exists()
+    # A half-written checkpoint, as a kill during a write leaves it, is never restored.
+    partial = workdir / "checkpoints" / "phase2" / "5.orbax-checkpoint-tmp-0"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"phase2: resuming from step [24]/6", resumed.stdout), resumed.stdout
+    _assert_same_run(workdir, uninterrupted, tmp_path)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cifar):
+    workdir = tmp_path / "wd"
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, "--config.phase2.base_lr=1e30")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(r"non-finite loss in phase2 at step \d+: \w+ = (nan|inf)", result.stderr), result.stderr
+    assert not (workdir / "results.json").exists()
+    phase1 = helpers.export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
+    assert all(np.all(np.isfinite(v)) for v in phase1.values())
+    phase2_dir = workdir / "checkpoints" / "phase2"
+    if any(p.name.isdigit() for p in phase2_dir.iterdir()):  # Any phase-II checkpoint is a finite one.
+        phase2 = helpers.export(workdir, tmp_path / "phase2.npz", "--phase=phase2")
+        assert all(np.all(np.isfinite(v)) for v in phase2.values())
+
+
+def _snapshot(path: pathlib.Path):
+    if not path.exists():
+        return None
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--config.phase1.epochs=abc"], r"invalid literal for int\(\)"),
+    (["--config.phase1.epochz=3"], r"unknown config key 'phase1.epochz'; valid keys at phase1"),
+    (["--config.split.num_head_classes=100"], r"no tail classes \(C1 = 100 of 100\)"),
+    (["--config.split.num_head_classes=0", "--config.data.max_count=19"], r"no head classes \(C1 = 0 of 100\)"),
+    (["--config.memory.per_class=0"], r"memory.per_class must be >= 1, got 0"),
+    (["--config.data.cifar100_dir=/nonexistent/cifar"], r"CIFAR-100 directory '/nonexistent/cifar' does not exist"),
+])
+@pytest.mark.parametrize("existing", [False, True])
+def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterrupted, extra, message, existing):
+    workdir = uninterrupted if existing else tmp_path / "new"
+    before = _snapshot(workdir)
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra, timeout=300)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert _snapshot(workdir) == before
+
+
+def test_truncated_cifar_file_is_refused(tmp_path, tiny_cifar):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("train.bin", "test.bin"):
+        data = (pathlib.Path(tiny_cifar) / name).read_bytes()
+        (broken / name).write_bytes(data[:-100] if name == "train.bin" else data)
+    result = helpers.run_main(tmp_path / "wd", broken, *helpers.TINY)
+    assert result.returncode == 2
+    assert f"{broken / 'train.bin'}" in result.stderr and "not a whole number" in result.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_workdir_of_another_configuration_is_refused(tiny_cifar, uninterrupted):
+    before = _snapshot(uninterrupted)
+    result = helpers.run_main(uninterrupted, tiny_cifar, *helpers.TINY, "--config.model.head=linear",
+                              "--config.method=plain")
+    assert result.returncode == 2
+    assert "different configuration" in result.stderr
+    assert "model.head: workdir has 'cosine', this run 'linear'" in result.stderr
+    assert "method: workdir has 'async', this run 'plain'" in result.stderr
+    assert _snapshot(uninterrupted) == before
+
+
+def test_export_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-m", "asyncjax.export", f"--workdir={tmp_path / 'empty'}",
+                             f"--output={tmp_path / 'model.npz'}"], cwd=helpers.REPO, env=helpers.cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no checkpoint to export" in result.stderr
+    assert not (tmp_path / "model.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] and not list((tmp_path / "empty").iterdir())
+
+
+def test_nothing_is_unpickled():
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text and "allow_pickle=True" not in text, path
+        for call in re.findall(r"np\.load\([^)]*\)", text):
+            assert "allow_pickle=False" in call, (path, call)
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "two_processes"
+    processes = [subprocess.Popen(
+        helpers.main_command(workdir, tiny_cifar, *helpers.TINY, f"--coordinator_address=localhost:{port}",
+                             "--num_processes=2", f"--process_id={i}"),
+        cwd=helpers.REPO, env=helpers.cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    reference = tmp_path / "one_process"
+    result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = helpers.export(reference, tmp_path / "want.npz")
+    got = helpers.export(workdir, tmp_path / "got.npz")
+    for name in want:  # Same programs and data order; cross-process sums may round differently.
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    a = json.loads((reference / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
+    assert a["overall"] == pytest.approx(b["overall"], abs=1.0)
