@@ -65,7 +65,8 @@ def common_config() -> ml_collections.ConfigDict:
     """Keys shared by every dataset config; each file fills in its recipe."""
     config = ml_collections.ConfigDict()
     config.dataset = ""
-    config.method = "async"             # "async" (dual-phase) or "plain" (one joint phase).
+    config.method = "async"             # "async" (dual-phase), or a joint baseline: "plain",
+                                        # "ldam_drw", "balanced_softmax", "logit_adjustment".
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
@@ -95,6 +96,12 @@ def common_config() -> ml_collections.ConfigDict:
         retention_reduction="mean",     # (choice) "mean" over nodes, or "sum" (paper).
         intra_margin=0.5,               # m (choice; LUCIR).
         intra_top_k=2,                  # K_m (choice; LUCIR).
+        # Baselines (method=ldam_drw | balanced_softmax | logit_adjustment).
+        ldam_max_margin=0.5,            # LDAM's largest margin (Cao et al., 2019).
+        ldam_scale=30.0,                # LDAM's fixed logit scale s on cosine scores.
+        drw_beta=0.9999,                # Effective-number beta of deferred re-weighting.
+        drw_start_fraction=0.8,         # Re-weighting from 80% of the epochs (160 of 200).
+        logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
     config.mesh = ml_collections.ConfigDict(dict(

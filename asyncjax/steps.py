@@ -37,9 +37,16 @@ def _apply_gradients(state, tx, grads, batch_stats):
                          batch_stats=batch_stats, opt_state=opt_state)
 
 
-def make_classification_step(model, tx, schedule, preprocess: Callable) -> Callable:
-    """Phase I (Eq. 1, cross-entropy over the C1 head classes) and the plain joint
-    baseline (cross-entropy over all C classes): the same step on other data."""
+def default_loss(out: dict, labels: jax.Array, step: jax.Array) -> jax.Array:
+    del step
+    return losses.cross_entropy(out["logits"], labels)
+
+
+def make_classification_step(model, tx, schedule, preprocess: Callable,
+                             objective: Callable = default_loss) -> Callable:
+    """Phase I (Eq. 1, cross-entropy over the C1 head classes) and the joint baselines
+    (over all C classes): the same step on other data. `objective(out, labels, step)`
+    replaces the cross-entropy for baselines such as LDAM-DRW."""
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
         images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))
@@ -47,8 +54,7 @@ def make_classification_step(model, tx, schedule, preprocess: Callable) -> Calla
         def loss_fn(params):
             out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                         train=True, mutable=["batch_stats"])
-            loss = losses.cross_entropy(out["logits"], batch["labels"])
-            return loss, (out, new_vars["batch_stats"])
+            return objective(out, batch["labels"], state.step), (out, new_vars["batch_stats"])
 
         (loss, (out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         metrics = {"loss": loss, "cls": loss, "lr": schedule(state.step),
@@ -94,12 +100,16 @@ def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num
     return step
 
 
-def make_predict_step(model, preprocess: Callable) -> Callable:
-    """Inference: (variables, images) -> {'prediction': top-1 row, 'features': z}."""
+def make_predict_step(model, preprocess: Callable, logit_offset=None) -> Callable:
+    """Inference: (variables, images) -> {'prediction': top-1 row, 'features': z}.
+
+    `logit_offset` ([C], optional) is added to the logits before the argmax
+    (post-hoc logit adjustment)."""
 
     def predict(variables: dict, images: jax.Array):
         out = model.apply(variables, preprocess(images, None), train=False)
-        return {"prediction": jnp.argmax(out["logits"], -1).astype(jnp.int32), "features": out["features"]}
+        logits = out["logits"] if logit_offset is None else out["logits"] + logit_offset
+        return {"prediction": jnp.argmax(logits, -1).astype(jnp.int32), "features": out["features"]}
 
     return predict
 

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from asyncjax import augment, checkpointing, evaluate, losses, memory, optim, sharding, steps
+from asyncjax import augment, baselines, checkpointing, evaluate, losses, memory, optim, sharding, steps
 from asyncjax.data import datasets, longtail
 from asyncjax.data.sampling import EpochSampler
 from asyncjax.models import make_backbone, make_model
@@ -36,6 +36,8 @@ from asyncjax.reporting import Reporter
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
                  "model.head", "split.num_head_classes", "memory.per_class", "seed")
 PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3}
+# "async" is the paper's method; the others train one joint phase over all classes.
+METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment")
 EVAL_BATCH = 500
 
 
@@ -60,10 +62,10 @@ def _get(config, dotted):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    if config.method not in ("async", "plain"):
-        raise ValueError(f"method must be 'async' or 'plain', got {config.method!r}")
-    if config.method == "async" and config.model.head != "cosine":
-        raise ValueError("method=async needs model.head='cosine' (L_intra uses cosine scores)")
+    if config.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    if config.method in ("async", "ldam_drw") and config.model.head != "cosine":
+        raise ValueError(f"method={config.method} needs model.head='cosine' (it uses cosine scores)")
     if config.memory.per_class < 1:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
     if config.phase2_init not in ("random", "imprint"):
@@ -156,8 +158,12 @@ class Trainer:
         batch = -(-EVAL_BATCH // unit) * unit
         if model not in self._predict_fns:  # One compilation per model, not per call.
             var_shardings = jax.tree.map(lambda x: x.sharding, variables)
+            offset = None
+            if self.config.method == "logit_adjustment":  # argmax_j logits_j - tau log(pi_j).
+                prior = self.counts / self.counts.sum()
+                offset = -self.config.loss.logit_adjustment_tau * np.log(prior).astype(np.float32)
             self._predict_fns[model] = jax.jit(
-                steps.make_predict_step(model, self.eval_preprocess),
+                steps.make_predict_step(model, self.eval_preprocess, offset),
                 in_shardings=(var_shardings, sharding.batch_sharding(self.mesh)),
                 out_shardings=sharding.batch_sharding(self.mesh))
         predict = self._predict_fns[model]
@@ -189,7 +195,7 @@ class Trainer:
                     meta_extra: dict | None = None):
         """Trains one phase to its last step, resuming from its checkpoints.
 
-        init_fn(model, tx) -> TrainState, make_step(model, tx, schedule) -> step fn.
+        init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn.
         Returns (model, state, elapsed seconds over all runs of this phase).
         """
         config = self.config
@@ -227,7 +233,7 @@ class Trainer:
                            f"{jax.device_count()} devices")
         batch_sh = sharding.batch_sharding(self.mesh)
         replicated = sharding.replicated(self.mesh)
-        train_step = jax.jit(make_step(model, tx, schedule),
+        train_step = jax.jit(make_step(model, tx, schedule, sampler.steps_per_epoch),
                              in_shardings=(state_shardings, *extra_shardings, batch_sh, replicated),
                              out_shardings=(state_shardings, replicated), donate_argnums=0)
         rng = jax.random.fold_in(self.rng, PHASE_IDS[name])
@@ -284,13 +290,30 @@ class Trainer:
                                        "the last good checkpoint is kept")
 
     # ---- the method ----------------------------------------------------------------------
+    def joint_loss(self, steps_per_epoch: int):
+        """The joint phase's loss(out, labels, step) for each baseline method."""
+        loss_config, counts = self.config.loss, self.counts
+        if self.config.method == "ldam_drw":
+            margins = baselines.ldam_margins(counts, loss_config.ldam_max_margin)
+            weights = baselines.drw_class_weights(counts, loss_config.drw_beta)
+            start = int(round(loss_config.drw_start_fraction * self.config.phase1.epochs)) * steps_per_epoch
+
+            def ldam_drw(out, labels, step):
+                class_weights = jnp.where(step >= start, weights, jnp.ones_like(weights))
+                return baselines.ldam_loss(out["cosine"], labels, margins, scale=loss_config.ldam_scale,
+                                           class_weights=class_weights)
+            return ldam_drw
+        if self.config.method == "balanced_softmax":
+            return lambda out, labels, step: baselines.logit_adjusted_loss(out["logits"], labels, counts)
+        return steps.default_loss  # plain; logit_adjustment adjusts only at prediction time.
+
     def run_plain(self) -> dict:
         num_classes = self.split.num_classes
         rows = np.arange(len(self.train_labels))
         init = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
                                                         self.data.image_shape)
-        make_step = lambda model, tx, schedule: steps.make_classification_step(model, tx, schedule,
-                                                                               self.train_preprocess)
+        make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
+            model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch))
         model, state, seconds = self.train_phase("joint", num_classes, rows, init, make_step)
         return {**self.final_accuracy(model, state), "wall_time_s": {"joint": seconds}}
 
@@ -299,8 +322,8 @@ class Trainer:
         head_rows = np.flatnonzero(self.train_labels < c1)
         init1 = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
                                                          self.data.image_shape)
-        make_step1 = lambda model, tx, schedule: steps.make_classification_step(model, tx, schedule,
-                                                                                self.train_preprocess)
+        make_step1 = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
+            model, tx, schedule, self.train_preprocess)
         model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
         head, everything = self.accuracy(model1, state1, (c1, None))
         phase1_result = {"head": self._percent(head), "all": self._percent(everything)}
@@ -336,7 +359,7 @@ class Trainer:
 
         weight = losses.retention_weight(c1, c - c1, self.config.loss.retention_weight_base)
         backbone = make_backbone(self.config.model.backbone, self.dtype)
-        make_step2 = lambda model, tx, schedule: steps.make_phase2_step(
+        make_step2 = lambda model, tx, schedule, steps_per_epoch: steps.make_phase2_step(
             model, backbone, tx, schedule, self.train_preprocess, num_head=c1, retention_weight=weight,
             loss_config=self.config.loss)
         is_memory = lambda rows, labels: {"is_memory": (labels < c1).astype(np.float32)}
@@ -393,6 +416,7 @@ class Trainer:
             return results
         with _StopFlag() as self.stop, jax.set_mesh(self.mesh):
             results = self.run_async() if self.config.method == "async" else self.run_plain()
+            results["method"] = self.config.method
         results.update({"config": json.loads(self.config.to_json()), "data_note": self.data.note,
                         "num_classes": self.split.num_classes, "devices": jax.device_count(),
                         "rank_to_class": self.split.rank_to_class.tolist()})

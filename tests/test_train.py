@@ -98,3 +98,33 @@ def test_one_device_and_eight_devices_agree():
             for key in one:
                 np.testing.assert_allclose(many[key], one[key], rtol=2e-4, atol=1e-5, err_msg=key)
         np.testing.assert_allclose(other["kernel_sum"], outputs[0]["kernel_sum"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ldam_drw", "balanced_softmax", "logit_adjustment"])
+def test_joint_baselines_run(tmp_path, tiny_cifar, method):
+    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
+                              "--config.phase1.epochs=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "wd" / "results.json").read_text())
+    assert results["method"] == method and 0 <= results["overall"] <= 100
+    assert "joint epoch 3/3 step 9/9" in result.stdout
+
+
+def test_ldam_drw_switches_to_reweighting_at_the_set_epoch(tmp_path, tiny_cifar):
+    from asyncjax import baselines, train
+    config = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
+    config.data.cifar100_dir = tiny_cifar
+    config.data.max_count, config.data.imbalance = 20, 10
+    config.method, config.phase1.epochs = "ldam_drw", 10
+    trainer = train.Trainer(config, str(tmp_path / "wd"))
+    loss = trainer.joint_loss(steps_per_epoch=3)  # DRW from epoch 8 = step 24.
+    rng = np.random.default_rng(0)
+    out = {"cosine": rng.uniform(-1, 1, (6, 100)).astype(np.float32)}
+    labels = rng.integers(0, 100, 6)
+    margins = baselines.ldam_margins(trainer.counts)
+    plain = baselines.ldam_loss(out["cosine"], labels, margins)
+    weighted = baselines.ldam_loss(out["cosine"], labels, margins,
+                                   class_weights=baselines.drw_class_weights(trainer.counts))
+    assert float(loss(out, labels, 23)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(loss(out, labels, 24)) == pytest.approx(float(weighted), rel=1e-6)
+    assert float(plain) != pytest.approx(float(weighted), rel=1e-3)
