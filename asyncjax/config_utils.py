@@ -66,7 +66,8 @@ def common_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.dataset = ""
     config.method = "async"             # "async" (dual-phase), or a joint baseline: "plain",
-                                        # "ldam_drw", "balanced_softmax", "logit_adjustment".
+                                        # "ldam_drw", "balanced_softmax", "logit_adjustment",
+                                        # or a decoupling baseline: "crt", "tau_norm", "ncm".
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
@@ -104,6 +105,15 @@ def common_config() -> ml_collections.ConfigDict:
         logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
+    # Decoupling baselines (method=crt | tau_norm | ncm; Kang et al., 2020) after the joint phase.
+    config.decoupling = ml_collections.ConfigDict(dict(
+        tau=1.0,                        # tau-norm's exponent (fixed: CIFAR has no validation split).
+        ncm_metric="cosine",            # NCM's similarity: "cosine" or "euclidean".
+    ))
+    # cRT's classifier re-training: Kang et al.'s 10 epochs, lr 0.2 at batch 512, cosine,
+    # class-balanced sampling (scaled linearly to the batch used here).
+    config.classifier = phase_recipe(epochs=10, batch_size=64, base_lr=0.2, base_batch_size=512,
+                                     schedule="cosine", sampler="class_balanced")
     config.mesh = ml_collections.ConfigDict(dict(
         model=1,                        # Devices on the `model` axis (shards the classifier's classes).
     ))

@@ -4,8 +4,8 @@ Writes the latest checkpoint's parameters and BatchNorm statistics as a flat
 numpy archive: names joined with '/', e.g. `params/backbone/conv1/kernel`,
 `batch_stats/backbone/bn1/mean`, plus `class_ids` (output row -> original class
 id). Read it back with np.load(path, allow_pickle=False). The final phase is
-exported (phase II, or the joint phase of method=plain); --phase=phase1
-exports the phase-I model.
+exported (phase II; or cRT's re-trained classifier; or the joint phase of the
+other baselines); --phase=phase1 exports the phase-I model.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
 flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
-flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint"],
+flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
                   "Phase to export; default: the last phase that has a checkpoint.")
 flags.mark_flags_as_required(["workdir", "output"])
 
-PHASES = ("phase2", "joint", "phase1")  # Most final first.
+PHASES = ("phase2", "classifier", "joint", "phase1")  # Most final first.
 
 
 def flatten(tree, prefix="") -> dict[str, np.ndarray]:

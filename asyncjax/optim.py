@@ -43,9 +43,10 @@ def _head_labels(params):
     return flax.traverse_util.unflatten_dict({k: "head" if k[0] == "head" else "backbone" for k in flat})
 
 
-def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int):
+def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, freeze_backbone: bool = False):
     """Returns (optax transformation, schedule). The head's lr is the backbone's
-    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4)."""
+    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4). `freeze_backbone` leaves
+    W_r untouched (no update, no weight decay): classifier re-training (cRT)."""
     schedule = learning_rate_schedule(recipe, steps_per_epoch)
 
     def sgd(multiplier):
@@ -53,6 +54,9 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int):
             optax.add_decayed_weights(recipe.weight_decay, mask=_decay_mask),
             optax.sgd(lambda step: multiplier * schedule(step), momentum=recipe.momentum))
 
+    if freeze_backbone:
+        return optax.multi_transform(
+            {"backbone": optax.set_to_zero(), "head": sgd(recipe.head_lr_multiplier)}, _head_labels), schedule
     if recipe.head_lr_multiplier == 1.0:
         return sgd(1.0), schedule
     return optax.multi_transform(

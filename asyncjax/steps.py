@@ -130,3 +130,27 @@ def extend_classifier(phase1_params: dict, new_head_params: dict) -> dict:
 
     head = jax.tree.map(merge, phase1_params["head"], new_head_params)
     return {**phase1_params, "head": head}
+
+
+def make_classifier_retraining_step(model, tx, schedule, preprocess: Callable) -> Callable:
+    """cRT (Kang et al., 2020): cross-entropy on the head only, the backbone frozen in
+    inference mode (its BatchNorm statistics do not move). The optimiser must leave
+    the backbone's parameters alone (optim.make_optimizer(freeze_backbone=True))."""
+
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        features = jax.lax.stop_gradient(
+            model.apply(variables, images, train=False, method=lambda m, x, train: m.backbone(x, train)))
+
+        def loss_fn(params):
+            out = model.apply({"params": params, "batch_stats": state.batch_stats}, features,
+                              method=lambda m, z: m.head(z))
+            return losses.cross_entropy(out["logits"], batch["labels"]), out
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {"loss": loss, "cls": loss, "lr": schedule(state.step),
+                   "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["labels"])}
+        return _apply_gradients(state, tx, grads, state.batch_stats), metrics
+
+    return step

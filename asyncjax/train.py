@@ -35,9 +35,11 @@ from asyncjax.reporting import Reporter
 # Fields that must match to resume a workdir: a different value means other checkpoints.
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
                  "model.head", "split.num_head_classes", "memory.per_class", "seed")
-PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3}
-# "async" is the paper's method; the others train one joint phase over all classes.
-METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment")
+PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3, "classifier": 4}
+# "async" is the paper's method; the others train one joint phase over all classes, and
+# the decoupling baselines then re-train (cRT) or adjust (tau-norm, NCM) the classifier.
+DECOUPLED = ("crt", "tau_norm", "ncm")
+METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment", *DECOUPLED)
 EVAL_BATCH = 500
 
 
@@ -66,6 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
     if config.method in ("async", "ldam_drw") and config.model.head != "cosine":
         raise ValueError(f"method={config.method} needs model.head='cosine' (it uses cosine scores)")
+    if config.method == "tau_norm" and config.model.head != "linear":
+        raise ValueError("method=tau_norm needs model.head='linear' (it rescales the linear classifier)")
     if config.memory.per_class < 1:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
     if config.phase2_init not in ("random", "imprint"):
@@ -199,7 +203,7 @@ class Trainer:
         Returns (model, state, elapsed seconds over all runs of this phase).
         """
         config = self.config
-        recipe = config.phase2 if name == "phase2" else config.phase1
+        recipe = {"phase2": config.phase2, "classifier": config.classifier}.get(name, config.phase1)
         labels = self.train_labels[rows]
         sampler = EpochSampler(labels, recipe.batch_size, seed=config.seed, phase=PHASE_IDS[name],
                                strategy=recipe.sampler, total_epochs=recipe.epochs,
@@ -207,7 +211,7 @@ class Trainer:
         if recipe.batch_size % (sharding.data_size(self.mesh) * jax.process_count()):
             raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
-        tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch)
+        tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, freeze_backbone=name == "classifier")
         model = self.model(num_outputs)
         abstract = jax.eval_shape(lambda: init_fn(model, tx))
         state_shardings = sharding.state_shardings(abstract, self.mesh)
@@ -245,42 +249,43 @@ class Trainer:
             ckpt.save(step_number, state, self.meta(elapsed_s=elapsed_before + time.time() - started,
                                                     **(meta_extra or {})))
 
-        for step_number in range(int(state.step), total):
-            epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
-            positions = sharding.process_slice(sampler.batch(epoch, step_in_epoch))
-            local = {"images": self.data.train_images[rows[positions]], "labels": labels[positions]}
-            if batch_extras is not None:
-                local.update(batch_extras(rows[positions], labels[positions]))
-            state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
-            summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-            done = step_number + 1
-            end_of_epoch = done % sampler.steps_per_epoch == 0
-            if done % config.log_every_steps == 0 or done == total or self.stop.signal:
-                count = done - last_log_step
-                means = {k: float(v) / count for k, v in jax.device_get(summed).items()}
-                self._check_finite(name, done, means)
-                now = time.time()
-                rate = count * recipe.batch_size / max(now - last_log_time, 1e-9)
-                self.reporter.train_line(name, epoch, recipe.epochs, done, total, means, rate,
-                                         (total - done) * recipe.batch_size / max(rate, 1e-9))
-                self.reporter.write(name, done, {**means, "images_per_second": rate})
-                last_log_time, last_log_step, summed = now, done, None
-            if done % config.checkpoint_every_steps == 0 or done == total or self.stop.signal:
-                # Never write a checkpoint of a diverged model: the last good one stays the latest.
-                self._check_finite(name, done, jax.device_get(metrics))
-                save(done)
-            if self.stop.signal:
-                ckpt.wait()
-                ckpt.close()
-                raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
-                                  f"with a checkpoint; run the same command again to resume")
-            if end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0 and done < total:
-                acc, = self.accuracy(model, state)
-                self.reporter.info(f"{name} epoch {epoch + 1} test (monitoring only): "
-                                   + " ".join(f"{k} {100 * v:.2f}" for k, v in acc.items()))
-                self.reporter.write(name, done, {f"test_{k}": v for k, v in acc.items()})
-        ckpt.wait()
-        ckpt.close()
+        try:
+            for step_number in range(int(state.step), total):
+                epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
+                positions = sharding.process_slice(sampler.batch(epoch, step_in_epoch))
+                local = {"images": self.data.train_images[rows[positions]], "labels": labels[positions]}
+                if batch_extras is not None:
+                    local.update(batch_extras(rows[positions], labels[positions]))
+                state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
+                summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
+                done = step_number + 1
+                end_of_epoch = done % sampler.steps_per_epoch == 0
+                if done % config.log_every_steps == 0 or done == total or self.stop.signal:
+                    count = done - last_log_step
+                    means = {k: float(v) / count for k, v in jax.device_get(summed).items()}
+                    self._check_finite(name, done, means)
+                    now = time.time()
+                    rate = count * recipe.batch_size / max(now - last_log_time, 1e-9)
+                    self.reporter.train_line(name, epoch, recipe.epochs, done, total, means, rate,
+                                             (total - done) * recipe.batch_size / max(rate, 1e-9))
+                    self.reporter.write(name, done, {**means, "images_per_second": rate})
+                    last_log_time, last_log_step, summed = now, done, None
+                if done % config.checkpoint_every_steps == 0 or done == total or self.stop.signal:
+                    # Never write a checkpoint of a diverged model: the last good one stays the latest.
+                    self._check_finite(name, done, jax.device_get(metrics))
+                    save(done)
+                if self.stop.signal:
+                    raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
+                                      f"with a checkpoint; run the same command again to resume")
+                if end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0 and done < total:
+                    acc, = self.accuracy(model, state)
+                    self.reporter.info(f"{name} epoch {epoch + 1} test (monitoring only): "
+                                       + " ".join(f"{k} {100 * v:.2f}" for k, v in acc.items()))
+                    self.reporter.write(name, done, {f"test_{k}": v for k, v in acc.items()})
+        finally:
+            # Let an in-flight (good) checkpoint finish even when the loop stops with an error.
+            ckpt.wait()
+            ckpt.close()
         return model, state, elapsed_before + time.time() - started
 
     def _check_finite(self, phase, step, means):
@@ -315,7 +320,44 @@ class Trainer:
         make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
             model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch))
         model, state, seconds = self.train_phase("joint", num_classes, rows, init, make_step)
+        if self.config.method in DECOUPLED:
+            return self.run_decoupled(model, state, seconds)
         return {**self.final_accuracy(model, state), "wall_time_s": {"joint": seconds}}
+
+    def run_decoupled(self, joint_model, joint_state, joint_seconds) -> dict:
+        """Kang et al. (2020) on the joint model: cRT re-trains the classifier with
+        class-balanced sampling on the frozen backbone; tau-norm rescales its rows
+        w_j / ||w_j||^tau (no bias); NCM predicts the nearest class-mean feature."""
+        method, num_classes = self.config.method, self.split.num_classes
+        joint = self._percent(self.accuracy(joint_model, joint_state)[0])
+        started = time.time()
+        if method == "tau_norm":
+            head = joint_state.params["head"]["fc"]
+            fc = {"kernel": baselines.tau_normalize(head["kernel"], self.config.decoupling.tau),
+                  "bias": jnp.zeros_like(head["bias"])}
+            state = joint_state.replace(params={**joint_state.params, "head": {"fc": fc}})
+            result = self.final_accuracy(joint_model, state)
+        elif method == "ncm":
+            _, train_features = self.predict(joint_model, joint_state, self.data.train_images)
+            means = baselines.class_means(train_features, self.train_labels, num_classes)
+            _, test_features = self.predict(joint_model, joint_state, self.data.test_images)
+            predictions = np.asarray(baselines.ncm_predict(test_features, means,
+                                                           metric=self.config.decoupling.ncm_metric))
+            result = self._percent(evaluate.shot_accuracy(predictions, self.test_labels, self.counts))
+        else:  # crt
+            def init(model, tx):
+                fresh = model.init(jax.random.fold_in(self.rng, 4), jnp.zeros((1, *self.data.image_shape)),
+                                   train=False)["params"]["head"]
+                params = {**joint_state.params, "head": fresh}
+                return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                        batch_stats=joint_state.batch_stats, opt_state=tx.init(params))
+            make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classifier_retraining_step(
+                model, tx, schedule, self.train_preprocess)
+            model, state, _ = self.train_phase("classifier", num_classes, np.arange(len(self.train_labels)),
+                                               init, make_step)
+            result = self.final_accuracy(model, state)
+        return {**result, "joint": joint,
+                "wall_time_s": {"joint": joint_seconds, method: time.time() - started}}
 
     def run_async(self) -> dict:
         c1, c = self.split.num_head, self.split.num_classes

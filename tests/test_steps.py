@@ -109,3 +109,21 @@ def test_learning_rate_schedules():
     recipe.schedule = "cosine"
     schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=10)
     assert abs(float(schedule(20 + 40)) - lr / 2) < 1e-6 and float(schedule(100)) < 1e-6
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
+    tx, schedule, _, batch = _setup(5)
+    model = make_model("resnet8", "cosine", 5, dtype=jnp.bfloat16)
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    step = jax.jit(steps.make_classification_step(model, tx, schedule, augment.cifar_eval))
+    first = None
+    for _ in range(8):
+        state, metrics = step(state, batch, jax.random.key(1))
+        first = float(metrics["loss"]) if first is None else first
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                      augment.cifar_eval(batch["images"]), train=False)
+    assert out["features"].dtype == jnp.float32  # Pooled in bf16, handed to the head in f32.
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) < first

@@ -128,3 +128,21 @@ def test_ldam_drw_switches_to_reweighting_at_the_set_epoch(tmp_path, tiny_cifar)
     assert float(loss(out, labels, 23)) == pytest.approx(float(plain), rel=1e-6)
     assert float(loss(out, labels, 24)) == pytest.approx(float(weighted), rel=1e-6)
     assert float(plain) != pytest.approx(float(weighted), rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["crt", "tau_norm", "ncm"])
+def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
+    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
+                              "--config.model.head=linear", "--config.classifier.epochs=2",
+                              "--config.classifier.batch_size=16", "--config.classifier.max_steps_per_epoch=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "wd" / "results.json").read_text())
+    assert results["method"] == method and 0 <= results["overall"] <= 100 and "joint" in results
+    if method == "crt":
+        assert "classifier epoch 2/2 step 6/6" in result.stdout
+        joint = helpers.export(tmp_path / "wd", tmp_path / "joint.npz", "--phase=joint")
+        final = helpers.export(tmp_path / "wd", tmp_path / "final.npz")
+        for name in joint:  # The backbone and its statistics are frozen; only the head moved.
+            if name.startswith(("params/backbone", "batch_stats")):
+                np.testing.assert_array_equal(final[name], joint[name], err_msg=name)
+        assert not np.allclose(final["params/head/fc/kernel"], joint["params/head/fc/kernel"])
