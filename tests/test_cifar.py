@@ -49,3 +49,12 @@ def test_missing_directory_and_bad_file(tmp_path):
         cifar.read_cifar100_binary(str(tmp_path), "train")
     with pytest.raises(ValueError, match="split"):
         cifar.read_cifar100_binary(str(tmp_path), "validation")
+
+
+def test_tfds_source_without_a_directory():
+    """No cifar100_dir: CIFAR-100 comes from TFDS (mocked here; nothing downloads)."""
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=9):
+        images, labels = cifar.load_cifar100("test", cifar100_dir=None)
+    assert images.shape == (9, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 100
