@@ -7,6 +7,9 @@ unknown keys with the list of valid ones.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+
 import ml_collections
 
 
@@ -120,8 +123,55 @@ def common_config() -> ml_collections.ConfigDict:
     # The device count the recipe's batch size was written for. Informational: any device
     # count runs the same global batch; change phaseN.batch_size and the lr follows.
     config.recipe_devices = 1
+    config.diagnostics = ml_collections.ConfigDict(dict(
+        # method=plain only: log s(grad1, grad), s(grad2, grad) and the norms of the head-class
+        # ('grad1'), tail-class ('grad2') and overall gradients (paper Fig. 1); one extra
+        # backward pass per step. For balanced CIFAR-100 (imbalance=1) set split.num_head_classes.
+        gradient_distortion=False,
+    ))
     config.log_every_steps = 50
     config.eval_every_epochs = 10       # Monitoring only; the reported model is the final one.
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
     return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Applies `--config.a.b=value` strings in place, typed by the existing field;
+    unknown keys are refused with the valid ones (as `python -m asyncjax.main` does)."""
+    for item in overrides:
+        dotted, sep, text = item[len("--config."):].partition("=")
+        parts = dotted.split(".")
+        node = config
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                where = ".".join(parts[:i]) or "the top level"
+                valid = sorted(node.keys()) if hasattr(node, "keys") else []
+                raise ValueError(f"unknown config key {dotted!r}; valid keys at {where}: {valid}")
+            if i < len(parts) - 1:
+                node = node[part]
+        key = parts[-1]
+        kind = node.get_type(key)
+        if not sep:
+            raise ValueError(f"--config.{dotted} needs a value (--config.{dotted}=VALUE)")
+        if kind is bool:
+            value = _convert(dotted, text, False)
+        elif kind in (tuple, list):
+            value = kind(ast.literal_eval(text))
+        else:
+            try:
+                value = kind(text)
+            except ValueError as e:
+                raise ValueError(f"--config.{dotted}={text!r}: expected {kind.__name__}") from e
+        node[key] = value
+
+
+def load_config_file(spec: str):
+    """`path.py[:arg]` -> the ConfigDict that path's get_config(arg) returns."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("asyncjax_config", path)
+    if module_spec is None:
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

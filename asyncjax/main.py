@@ -6,11 +6,12 @@ Any config value can be overridden: --config.phase1.epochs=5.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from asyncjax import config_utils
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar100_lt.py:imbalance=100.",
                                 lock_config=True)
@@ -48,38 +49,16 @@ def main(argv):
         sys.exit(2)
 
 
-def load_config_file(spec: str):
-    """`path.py[:arg]` -> the ConfigDict that path's get_config(arg) returns."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("asyncjax_config", path)
-    if module_spec is None:
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def check_overrides(argv) -> None:
-    """Rejects unknown --config.* keys (and bad config-file arguments) with the valid
-    choices, before absl's flag parser turns them into a traceback."""
+    """Rejects unknown --config.* keys, values of the wrong type and bad config-file
+    arguments with a one-line message, before absl's flag parser turns them into a traceback."""
     specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if not specs:
         return
     try:
-        config = load_config_file(specs[-1])
+        config_utils.apply_overrides(config_utils.load_config_file(specs[-1]), [a for a in argv if a.startswith("--config.")])
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        dotted = arg[len("--config."):].split("=", 1)[0]
-        node, walked = config, []
-        for key in dotted.split("."):
-            if not hasattr(node, "keys") or key not in node:
-                where = ".".join(walked) or "the top level"
-                valid = sorted(node.keys()) if hasattr(node, "keys") else []
-                sys.exit(f"error: unknown config key {dotted!r}; valid keys at {where}: {valid}")
-            node, walked = node[key], walked + [key]
 
 
 if __name__ == "__main__":

@@ -43,25 +43,71 @@ def default_loss(out: dict, labels: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def make_classification_step(model, tx, schedule, preprocess: Callable,
-                             objective: Callable = default_loss) -> Callable:
+                             objective: Callable = default_loss,
+                             distortion_num_head: int | None = None) -> Callable:
     """Phase I (Eq. 1, cross-entropy over the C1 head classes) and the joint baselines
     (over all C classes): the same step on other data. `objective(out, labels, step)`
-    replaces the cross-entropy for baselines such as LDAM-DRW."""
+    replaces the cross-entropy for baselines such as LDAM-DRW.
+
+    With `distortion_num_head` = C1, the step also measures the gradient distortion
+    of the paper's Fig. 1 (see `gradient_distortion`)."""
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
         images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))
 
-        def loss_fn(params):
+        def forward(params):
             out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
                                         train=True, mutable=["batch_stats"])
-            return objective(out, batch["labels"], state.step), (out, new_vars["batch_stats"])
+            return out, new_vars["batch_stats"]
 
-        (loss, (out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics = {"loss": loss, "cls": loss, "lr": schedule(state.step),
+        def loss_fn(params):
+            out, batch_stats = forward(params)
+            return objective(out, batch["labels"], state.step), (out, batch_stats)
+
+        if distortion_num_head is None:
+            (loss, (out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            extra = {}
+        else:
+            loss, grads, out, batch_stats, extra = gradient_distortion(
+                forward, state.params, batch["labels"], distortion_num_head)
+        metrics = {"loss": loss, "cls": loss, "lr": schedule(state.step), **extra,
                    "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["labels"])}
         return _apply_gradients(state, tx, grads, batch_stats), metrics
 
     return step
+
+
+def _tree_dot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def gradient_distortion(forward: Callable, params, labels, num_head: int):
+    """Gradient distortion (paper Sec. 3.1, Fig. 1) from one forward pass and two
+    backward passes: the mean cross-entropy L = L_head + L_tail splits into the
+    samples of the data-rich classes (rows < C1; 'grad1') and of the others
+    ('grad2'), each summed over its samples and divided by the whole batch, so
+    grad = grad1 + grad2 exactly. Returns (L, grad, out, batch_stats, metrics)
+    with the cosines s(grad1, grad), s(grad2, grad) and the three norms."""
+    def split_losses(p):
+        out, batch_stats = forward(p)
+        per_example = optax.softmax_cross_entropy_with_integer_labels(
+            out["logits"].astype(jnp.float32), labels)
+        is_head = (labels < num_head).astype(jnp.float32)
+        total = per_example.shape[0]
+        return (jnp.stack([jnp.sum(per_example * is_head), jnp.sum(per_example * (1 - is_head))]) / total,
+                (out, batch_stats))
+
+    split, pullback, (out, batch_stats) = jax.vjp(split_losses, params, has_aux=True)
+    grad_head, = pullback(jnp.array([1.0, 0.0]))
+    grad_tail, = pullback(jnp.array([0.0, 1.0]))
+    grads = jax.tree.map(jnp.add, grad_head, grad_tail)
+    norm = lambda g: jnp.sqrt(_tree_dot(g, g))
+    norm_all, norm_head, norm_tail = norm(grads), norm(grad_head), norm(grad_tail)
+    safe = lambda x: jnp.maximum(x, 1e-20)
+    metrics = {"grad_norm": norm_all, "grad_norm_head": norm_head, "grad_norm_tail": norm_tail,
+               "grad_cos_head": _tree_dot(grad_head, grads) / safe(norm_head * norm_all),
+               "grad_cos_tail": _tree_dot(grad_tail, grads) / safe(norm_tail * norm_all)}
+    return split.sum(), grads, out, batch_stats, metrics
 
 
 def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num_head: int,

@@ -68,6 +68,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
     if config.method in ("async", "ldam_drw") and config.model.head != "cosine":
         raise ValueError(f"method={config.method} needs model.head='cosine' (it uses cosine scores)")
+    if config.diagnostics.gradient_distortion and config.method != "plain":
+        raise ValueError("diagnostics.gradient_distortion needs method=plain (the joint cross-entropy "
+                         "whose head- and tail-class gradients Fig. 1 compares)")
     if config.method == "tau_norm" and config.model.head != "linear":
         raise ValueError("method=tau_norm needs model.head='linear' (it rescales the linear classifier)")
     if config.memory.per_class < 1:
@@ -317,8 +320,9 @@ class Trainer:
         rows = np.arange(len(self.train_labels))
         init = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
                                                         self.data.image_shape)
+        distortion = self.split.num_head if self.config.diagnostics.gradient_distortion else None
         make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
-            model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch))
+            model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch), distortion)
         model, state, seconds = self.train_phase("joint", num_classes, rows, init, make_step)
         if self.config.method in DECOUPLED:
             return self.run_decoupled(model, state, seconds)

@@ -3,7 +3,7 @@
     python -m asyncjax.main --config=configs/cifar100_lt.py:imbalance=100 --workdir=DIR \
         --config.data.cifar100_dir=PATH   # official binary layout; omit to use TFDS
 
-Arguments after the colon: imbalance=50|100|200, smoke=True (a few dozen steps
+Arguments after the colon: imbalance=50|100|200 (1: balanced), smoke=True (a few dozen steps
 per phase on ResNet-8, for CPU smoke runs and tests).
 Recipe: batch 64 on 1 device, lr 0.1 (scaled linearly with the global batch),
 200 epochs, 5-epoch linear warm-up, x0.1 at epochs 160 and 180; SGD momentum
@@ -14,8 +14,8 @@ from asyncjax import config_utils
 
 def get_config(arg=None):
     arg = config_utils.parse_arg(arg, imbalance=100, smoke=False)
-    if arg.imbalance not in (50, 100, 200):
-        raise ValueError(f"imbalance must be 50, 100 or 200, got {arg.imbalance}")
+    if arg.imbalance not in (1, 50, 100, 200):  # 1: balanced CIFAR-100 (the paper's Fig. 1 b, d).
+        raise ValueError(f"imbalance must be 1, 50, 100 or 200, got {arg.imbalance}")
     config = config_utils.common_config()
     config.dataset = "cifar100_lt"
     config.data.imbalance = arg.imbalance

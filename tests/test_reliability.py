@@ -106,7 +106,7 @@ def _snapshot(path: pathlib.Path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--config.phase1.epochs=abc"], r"invalid literal for int\(\)"),
+    (["--config.phase1.epochs=abc"], r"--config.phase1.epochs='abc': expected int"),
     (["--config.phase1.epochz=3"], r"unknown config key 'phase1.epochz'; valid keys at phase1"),
     (["--config.split.num_head_classes=100"], r"no tail classes \(C1 = 100 of 100\)"),
     (["--config.split.num_head_classes=0", "--config.data.max_count=19"], r"no head classes \(C1 = 0 of 100\)"),

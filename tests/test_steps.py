@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from asyncjax import augment, config_utils, losses, optim, steps
 from asyncjax.models import make_backbone, make_model
@@ -127,3 +128,38 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
                       augment.cifar_eval(batch["images"]), train=False)
     assert out["features"].dtype == jnp.float32  # Pooled in bf16, handed to the head in f32.
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) < first
+
+
+def test_gradient_distortion_matches_separate_gradients():
+    tx, schedule, model, batch = _setup(6, batch=12)
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    num_head = 4
+    images = augment.cifar_eval(batch["images"])
+    labels = batch["labels"]
+
+    def masked_loss(params, mask):
+        out, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                             mutable=["batch_stats"])
+        per = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels)
+        return jnp.sum(per * mask) / len(labels)
+
+    head_mask = (labels < num_head).astype(jnp.float32)
+    g_head = jax.grad(masked_loss)(state.params, head_mask)
+    g_tail = jax.grad(masked_loss)(state.params, 1 - head_mask)
+    g_all = jax.grad(lambda p: masked_loss(p, jnp.ones_like(head_mask)))(state.params)
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).astype(np.float64)
+    h, t, a = flat(g_head), flat(g_tail), flat(g_all)
+
+    plain = jax.jit(steps.make_classification_step(model, tx, schedule, augment.cifar_eval))
+    diag = jax.jit(steps.make_classification_step(model, tx, schedule, augment.cifar_eval,
+                                                  distortion_num_head=num_head))
+    plain_state, plain_metrics = plain(state, batch, jax.random.key(1))
+    diag_state, metrics = diag(state, batch, jax.random.key(1))
+    np.testing.assert_allclose(metrics["loss"], plain_metrics["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(diag_state.params), jax.tree.leaves(plain_state.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)  # Same update as the plain step.
+    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(a), rtol=1e-3)
+    np.testing.assert_allclose(metrics["grad_norm_head"], np.linalg.norm(h), rtol=1e-3)
+    np.testing.assert_allclose(metrics["grad_norm_tail"], np.linalg.norm(t), rtol=1e-3)
+    np.testing.assert_allclose(metrics["grad_cos_head"], h @ a / np.linalg.norm(h) / np.linalg.norm(a), atol=1e-3)
+    np.testing.assert_allclose(metrics["grad_cos_tail"], t @ a / np.linalg.norm(t) / np.linalg.norm(a), atol=1e-3)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from asyncjax import main as cli
+from asyncjax import config_utils
 from tests import helpers
 
 
@@ -16,16 +16,16 @@ def tiny_cifar(tmp_path_factory):
 
 
 def test_config_files_load_and_override():
-    config = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=200,smoke=True")
+    config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=200,smoke=True")
     assert config.data.imbalance == 200 and config.model.backbone == "resnet8"
     assert config.phase1.base_lr * config.phase1.batch_size / config.phase1.base_batch_size == 0.1
-    full = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
+    full = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
     assert full.phase1.epochs == 200 and full.model.backbone == "resnet32" and full.method == "async"
     for name in ("imagenet_lt", "places_lt", "inat"):
-        other = cli.load_config_file(str(helpers.REPO / f"configs/{name}.py"))
+        other = config_utils.load_config_file(str(helpers.REPO / f"configs/{name}.py"))
         assert other.phase1.schedule in ("step", "cosine") and other.phase1.batch_size > 0
     with pytest.raises(ValueError, match="imbalance must be"):
-        cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=30")
+        config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=30")
 
 
 @pytest.mark.parametrize("override,message", [
@@ -112,7 +112,7 @@ def test_joint_baselines_run(tmp_path, tiny_cifar, method):
 
 def test_ldam_drw_switches_to_reweighting_at_the_set_epoch(tmp_path, tiny_cifar):
     from asyncjax import baselines, train
-    config = cli.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
+    config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
     config.data.cifar100_dir = tiny_cifar
     config.data.max_count, config.data.imbalance = 20, 10
     config.method, config.phase1.epochs = "ldam_drw", 10
@@ -146,3 +146,18 @@ def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
             if name.startswith(("params/backbone", "batch_stats")):
                 np.testing.assert_array_equal(final[name], joint[name], err_msg=name)
         assert not np.allclose(final["params/head/fc/kernel"], joint["params/head/fc/kernel"])
+
+
+def test_gradient_distortion_is_logged(tmp_path, tiny_cifar):
+    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
+                              "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    logged = [line for line in lines if "grad_cos_head" in line]
+    assert len(logged) == 3  # log_every_steps=1, 3 steps.
+    for line in logged:
+        assert -1 <= line["grad_cos_head"] <= 1 and -1 <= line["grad_cos_tail"] <= 1
+        assert line["grad_norm"] <= line["grad_norm_head"] + line["grad_norm_tail"] + 1e-6
+    refused = helpers.run_main(tmp_path / "wd2", tiny_cifar, *helpers.TINY,
+                               "--config.diagnostics.gradient_distortion=True")
+    assert refused.returncode == 2 and "needs method=plain" in refused.stderr

@@ -1,0 +1,130 @@
+"""Command line: python -m asyncjax.reproduce --table=cifar100_lt --budget=short --workdir=DIR
+
+Runs the rows of the paper's Table 3 (CIFAR-100-LT, ResNet-32) with this
+project's trainer, one workdir per (method, imbalance, seed) under DIR, and
+writes DIR/cifar100_lt_<budget>.md: our top-1 (mean and standard deviation over
+seeds) and Many / Medium / Few beside the paper's figures. Every row resumes
+(or just reports) when the command is run again. `--config.*` overrides apply
+to every row, e.g. --config.data.cifar100_dir=PATH.
+
+Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 25
+(about an hour per async row on a 2-core CPU), full = 200 (the paper's).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_enum("table", "cifar100_lt", ["cifar100_lt"], "Which paper table to reproduce.")
+flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "full"], "Training budget of every row.")
+flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
+flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
+flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
+flags.DEFINE_list("imbalance", ["50", "100", "200"], "Columns: CIFAR-100-LT imbalance factors.")
+flags.mark_flag_as_required("workdir")
+
+# Paper, Table 3 (METHOD.md): top-1 on CIFAR-100-LT with ResNet-32 at 200 epochs.
+PAPER = {
+    "cross_entropy": {200: 35.63, 100: 38.32, 50: 43.85},
+    "ldam_drw": {200: 38.06, 100: 42.04, 50: 46.62},   # The paper's "LDAM" row.
+    "plain": {200: 39.35, 100: 42.48, 50: 47.61},      # "Ours (plain)".
+    "async": {200: 40.53, 100: 44.79, 50: 49.32},      # "Ours".
+}
+EPOCHS = {"short": 25, "full": 200}
+
+
+def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: list[str]):
+    from asyncjax import config_utils
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cifar100_lt.py")
+    config = config_utils.load_config_file(f"{path}:smoke={budget == 'smoke'}")
+    config.method, config.seed, config.data.imbalance = method, seed, imbalance
+    if method == "ldam_drw":
+        config.model.head = "cosine"  # LDAM's normalised classifier.
+    if budget == "smoke":
+        for phase in (config.phase1, config.phase2):
+            phase.epochs, phase.max_steps_per_epoch = 2, 3
+        config.eval_every_epochs = 100
+    else:
+        for phase in (config.phase1, config.phase2):
+            phase.epochs = EPOCHS[budget]
+        config.eval_every_epochs = max(1, EPOCHS[budget] // 4)
+    config_utils.apply_overrides(config, overrides)
+    return config
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def write_table(rows: dict, budget: str, seeds: int, path: str, note: str) -> str:
+    lines = [f"# CIFAR-100-LT (paper Table 3), budget `{budget}`, {seeds} seed(s)", "",
+             "Top-1 accuracy (%) of the final model on the test split; mean ± std over seeds.",
+             f"Paper: ResNet-32, 200 epochs. {note}", "",
+             "| method | IF | ours: overall | many | medium | few | paper | wall time / seed (min) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (method, imbalance), results in rows.items():
+        minutes = np.mean([sum(r["wall_time_s"].values()) for r in results]) / 60
+        paper = PAPER.get(method, {}).get(imbalance)
+        lines.append(f"| {method} | {imbalance} | {_mean_std([r['overall'] for r in results])} | "
+                     f"{_mean_std([r['many'] for r in results])} | {_mean_std([r['medium'] for r in results])} | "
+                     f"{_mean_std([r['few'] for r in results])} | {paper if paper else '-'} | {minutes:.1f} |")
+    text = "\n".join(lines) + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return text
+
+
+def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides) -> str:
+    from asyncjax import train
+
+    rows, note = {}, ""
+    for imbalance in imbalances:
+        for method in methods:
+            results = []
+            for seed in range(seeds):
+                config = row_config(method, imbalance, seed, budget, overrides)
+                row_dir = os.path.join(workdir, f"{method}_if{imbalance}_seed{seed}")
+                print(f"=== {method}, IF {imbalance}, seed {seed}: {row_dir}", flush=True)
+                results.append(train.run(config, row_dir))
+                note = results[-1].get("data_note") or note
+            rows[(method, imbalance)] = results
+    return write_table(rows, budget, seeds, os.path.join(workdir, f"cifar100_lt_{budget}.md"),
+                       f"Measured on: {note}." if note else "")
+
+
+def main(argv, overrides=()):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    from asyncjax import train
+    FLAGS = flags.FLAGS
+    unknown = [m for m in FLAGS.methods if m not in train.METHODS]
+    if unknown:
+        sys.exit(f"error: unknown methods {unknown}; choose from {train.METHODS}")
+    try:
+        table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
+                          [int(i) for i in FLAGS.imbalance], list(overrides))
+    except train.Interrupted as e:
+        sys.exit(f"{e}")
+    except (ValueError, FileNotFoundError, train.TrainingDiverged) as e:
+        sys.exit(f"error: {e}")
+    print(table)
+
+
+if __name__ == "__main__":
+    config_overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    app.run(lambda argv: main(argv, config_overrides),
+            argv=[a for a in sys.argv if not a.startswith("--config.")])

@@ -1,0 +1,24 @@
+"""The reproduction harness end to end at the smoke budget (tiny data, 2 seeds), and its resume."""
+import subprocess
+import sys
+
+from tests import helpers
+
+
+def test_reproduce_smoke_table(tmp_path):
+    data = helpers.write_tiny_cifar(tmp_path / "data")
+    command = [sys.executable, "-m", "asyncjax.reproduce", "--budget=smoke", f"--workdir={tmp_path / 'rep'}",
+               "--imbalance=10", "--seeds=2", "--methods=plain,async", f"--config.data.cifar100_dir={data}",
+               *[a for a in helpers.TINY if "imbalance" not in a]]
+    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "rep" / "cifar100_lt_smoke.md").read_text()
+    assert "| plain | 10 |" in table and "| async | 10 |" in table
+    assert table.count("±") >= 2  # Mean ± std over the two seeds.
+    for row in ("plain_if10_seed0", "plain_if10_seed1", "async_if10_seed0", "async_if10_seed1"):
+        assert (tmp_path / "rep" / row / "results.json").exists()
+    again = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and again.stdout.count("is complete") == 4
+    assert (tmp_path / "rep" / "cifar100_lt_smoke.md").read_text() == table
