@@ -115,7 +115,8 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
     while start < len(order):
         length = _next_pow2(len(rows_of[order[start]]))
         fit = max(1, max_chunk_bytes // (length * feature_dim * itemsize))
-        chunk = 1 << int(math.log2(fit))
+        # A power of two that fits the budget, but no larger than the classes left need.
+        chunk = min(1 << int(math.log2(fit)), _next_pow2(len(order) - start))
         members = order[start:start + chunk]
         index = np.zeros((chunk, length), np.int64)
         valid = np.zeros((chunk, length), bool)

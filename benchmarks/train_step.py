@@ -1,0 +1,137 @@
+"""Images/s of asyncjax's phase-I and phase-II train steps next to PyTorch's, side by side.
+
+    python benchmarks/train_step.py --model=resnet32 --batch=64 --phase=1 --torch=eager
+
+The JAX step is the package's own (asyncjax.steps, jitted with the trainer's shardings,
+on-device augmentation); the PyTorch step is benchmarks/torch_reference.py with the same
+model, head, loss and optimiser. Runs alternate JAX / PyTorch (A B A B ...) for --rounds
+rounds of --steps steps each, after --warmup steps of each (compilation excluded), same
+batch, same threads; medians are reported. The last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--model", choices=["resnet32", "resnet50"], default="resnet32")
+parser.add_argument("--batch", type=int, default=64)
+parser.add_argument("--phase", type=int, choices=[1, 2], default=1)
+parser.add_argument("--torch", choices=["eager", "channels_last", "compile", "none"], default="eager")
+parser.add_argument("--devices", type=int, default=1, help="XLA host devices to shard the batch over (CPU)")
+parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+parser.add_argument("--rounds", type=int, default=5)
+parser.add_argument("--steps", type=int, default=5)
+parser.add_argument("--warmup", type=int, default=2)
+args = parser.parse_args()
+if args.devices > 1:  # Must be set before jax is imported.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from asyncjax import augment, config_utils, optim, sharding, steps  # noqa: E402
+from asyncjax.models import make_backbone, make_model  # noqa: E402
+
+CIFAR = args.model == "resnet32"
+NUM_CLASSES, NUM_OLD = (100, 70) if CIFAR else (1000, 864)
+SIZE = 32 if CIFAR else 224
+
+
+def jax_step():
+    """The trainer's step for this phase, jitted with its shardings; returns run(n) -> seconds."""
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    recipe = config_utils.phase_recipe(epochs=1, batch_size=args.batch, base_lr=0.1,
+                                       base_batch_size=args.batch, schedule="step")
+    tx, schedule = optim.make_optimizer(recipe, 1000)
+    model = make_model(args.model, "cosine", NUM_CLASSES, dtype=dtype)
+    preprocess = augment.cifar_train if CIFAR else augment.get_preprocess("imagenet_lt")[0]
+    mesh = sharding.make_mesh(1)
+    rng = np.random.default_rng(0)
+    local = {"images": rng.integers(0, 256, (args.batch, SIZE, SIZE, 3)).astype(np.uint8),
+             "labels": rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)}
+    local["is_memory"] = (local["labels"] < NUM_OLD).astype(np.float32)
+    with jax.set_mesh(mesh):
+        init = lambda: steps.init_train_state(model, tx, jax.random.key(0), (SIZE, SIZE, 3))
+        shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
+        state = jax.jit(init, out_shardings=shardings)()
+        batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        if args.phase == 1:
+            fn = jax.jit(steps.make_classification_step(model, tx, schedule, preprocess),
+                         in_shardings=(shardings, batch_sh, replicated),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+            extra = ()
+        else:
+            loss_config = ml_collections.ConfigDict(dict(
+                retention_temperature=1.0, retention_normalize=True, retention_reduction="mean",
+                intra_margin=0.5, intra_top_k=2))
+            old = jax.tree.map(lambda x: jnp.array(x, copy=True),
+                               {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
+            fn = jax.jit(steps.make_phase2_step(model, make_backbone(args.model, dtype), tx, schedule, preprocess,
+                                                num_head=NUM_OLD, retention_weight=1.5, loss_config=loss_config),
+                         in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, old), batch_sh, replicated),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+            extra = (old,)
+        key = jax.random.key(1)
+        holder = {"state": state}
+
+        def run(n):
+            start = time.perf_counter()
+            for _ in range(n):  # The host->device copy of each batch is part of the timed step.
+                holder["state"], metrics = fn(holder["state"], *extra, sharding.global_batch(local, mesh), key)
+            jax.block_until_ready((holder["state"], metrics))
+            return time.perf_counter() - start
+
+        return run
+
+
+def torch_step():
+    import torch
+    from benchmarks import torch_reference
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    step = torch_reference.TrainStep(args.model, NUM_CLASSES, args.phase, args.torch, NUM_OLD)
+    images = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch,))
+    is_memory = (labels < NUM_OLD).float()
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = step(images, labels, is_memory)
+        float(loss.detach())
+        return time.perf_counter() - start
+
+    return run
+
+
+def main():
+    runners = {"jax": jax_step()}
+    if args.torch != "none":
+        runners["torch"] = torch_step()
+    for run in runners.values():
+        run(args.warmup)  # Compilation and allocator warm-up, not timed.
+    rates = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            rates[name].append(args.steps * args.batch / run(args.steps))
+    result = {"model": args.model, "batch": args.batch, "phase": args.phase, "torch_mode": args.torch,
+              "devices": args.devices, "dtype": args.dtype, "rounds": args.rounds, "steps": args.steps,
+              "jax_img_s": statistics.median(rates["jax"]), "jax_all": [round(r, 1) for r in rates["jax"]]}
+    if "torch" in rates:
+        result.update(torch_img_s=statistics.median(rates["torch"]),
+                      torch_all=[round(r, 1) for r in rates["torch"]],
+                      ratio=statistics.median(rates["jax"]) / statistics.median(rates["torch"]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
