@@ -347,7 +347,7 @@ class Trainer:
             _, test_features = self.predict(joint_model, joint_state, self.data.test_images)
             predictions = np.asarray(baselines.ncm_predict(test_features, means,
                                                            metric=self.config.decoupling.ncm_metric))
-            result = self._percent(evaluate.shot_accuracy(predictions, self.test_labels, self.counts))
+            result = self.accuracy_of(predictions)
         else:  # crt
             def init(model, tx):
                 fresh = model.init(jax.random.fold_in(self.rng, 4), jnp.zeros((1, *self.data.image_shape)),
@@ -451,7 +451,15 @@ class Trainer:
         return {k: None if np.isnan(v) else 100.0 * v for k, v in accuracies.items()}
 
     def final_accuracy(self, model, state) -> dict:
-        return self._percent(self.accuracy(model, state)[0])
+        """Overall / shot accuracies (percent), plus the per-class accuracy by output row."""
+        predictions, _ = self.predict(model, state, self.data.test_images)
+        return self.accuracy_of(predictions)
+
+    def accuracy_of(self, predictions: np.ndarray) -> dict:
+        per_class = evaluate.per_class_accuracy(predictions, self.test_labels, self.split.num_classes)
+        return {**self._percent(evaluate.shot_accuracy(predictions, self.test_labels, self.counts)),
+                "per_class_accuracy": [None if np.isnan(a) else 100.0 * a for a in per_class],
+                "train_counts": self.counts.tolist()}
 
     def run(self) -> dict:
         results_path = os.path.join(self.workdir, "results.json")

@@ -161,3 +161,25 @@ def test_gradient_distortion_is_logged(tmp_path, tiny_cifar):
     refused = helpers.run_main(tmp_path / "wd2", tiny_cifar, *helpers.TINY,
                                "--config.diagnostics.gradient_distortion=True")
     assert refused.returncode == 2 and "needs method=plain" in refused.stderr
+
+
+def test_plots_from_runs(tmp_path, tiny_cifar):
+    from asyncjax import plot
+    plain = tmp_path / "plain"
+    result = helpers.run_main(plain, tiny_cifar, *helpers.TINY, "--config.method=plain",
+                              "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = tmp_path / "async"
+    result = helpers.run_main(ours, tiny_cifar, *helpers.TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((ours / "results.json").read_text())
+    assert len(results["per_class_accuracy"]) == 100 and len(results["train_counts"]) == 100
+    paths = plot.make_plots(str(ours), baseline=str(plain))
+    assert sorted(p.split("/")[-1] for p in paths) == ["curves.png", "per_class.png", "shots.png"]
+    paths += plot.make_plots(str(plain), output=str(tmp_path / "plain_plots"))
+    assert any(p.endswith("gradient_distortion.png") for p in paths)
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot.make_plots(str(tmp_path / "nothing"))

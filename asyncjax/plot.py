@@ -1,0 +1,156 @@
+"""Command line: python -m asyncjax.plot --workdir=DIR [--baseline=PLAIN_DIR] [--output=DIR/plots]
+
+Writes PNGs from a run's metrics.jsonl and results.json (needs matplotlib: the `plot` extra):
+- curves.png: every loss term and the training accuracy of each phase, against the step,
+  with the monitoring test accuracy;
+- shots.png: Many / Medium / Few / overall of this run, beside the baseline run's if given;
+- per_class.png: test accuracy of each class against its training count (log axis);
+- gradient_distortion.png (runs with diagnostics.gradient_distortion): the paper's Fig. 1,
+  s(grad1, grad) and s(grad2, grad) (a, b), and the three gradient norms (c, d).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) asyncjax.main run.")
+flags.DEFINE_string("baseline", None, "Workdir of a baseline run (e.g. method=plain) to compare with.")
+flags.DEFINE_string("output", None, "Directory for the PNGs (default: WORKDIR/plots).")
+flags.mark_flag_as_required("workdir")
+
+TERMS = ("loss", "cls", "intra", "dis", "accuracy")
+
+
+def read_metrics(workdir: str) -> dict:
+    """{phase: {metric: ([steps], [values])}} from metrics.jsonl (nulls skipped)."""
+    series = collections.defaultdict(lambda: collections.defaultdict(lambda: ([], [])))
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist: is {workdir!r} a workdir of asyncjax.main?")
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            for key, value in record.items():
+                if key in ("phase", "step", "time") or value is None:
+                    continue
+                steps, values = series[record["phase"]][key]
+                steps.append(record["step"])
+                values.append(value)
+    return series
+
+
+def plot_curves(plt, series, path):
+    phases = list(series)
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.6), squeeze=False)
+    for ax, phase in zip(axes[0], phases):
+        for term in TERMS:
+            if term in series[phase]:
+                ax.plot(*series[phase][term], label=term)
+        if "test_overall" in series[phase]:
+            ax.plot(*series[phase]["test_overall"], "k--o", label="test overall (monitoring)")
+        ax.set_title(phase)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_shots(plt, results, baseline, path):
+    groups = ("overall", "many", "medium", "few")
+    runs = [("this run", results)] + ([("baseline", baseline)] if baseline else [])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.8 / len(runs)
+    for i, (name, run) in enumerate(runs):
+        label = f"{name} ({run.get('method', run['config']['method'])})"
+        values = [run[g] if run[g] is not None else 0.0 for g in groups]
+        bars = ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([g + width * (len(runs) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(plt, results, path):
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    pairs = [(n, a) for n, a in zip(results["train_counts"], results["per_class_accuracy"]) if a is not None]
+    ax.scatter([n for n, _ in pairs], [a for _, a in pairs], s=10)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy (%)")
+    if "num_head_classes" in results:
+        boundary = results["train_counts"][results["num_head_classes"] - 1]
+        ax.axvline(boundary, color="grey", linestyle=":", label="split point (C1)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gradient_distortion(plt, series, path):
+    phase = next(p for p in series if "grad_cos_head" in series[p])
+    data = series[phase]
+    fig, (cos_ax, norm_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    cos_ax.plot(*data["grad_cos_head"], label="s(grad1, grad)  data-rich")
+    cos_ax.plot(*data["grad_cos_tail"], label="s(grad2, grad)  data-poor")
+    cos_ax.set_title("cosine similarity to the overall gradient")
+    for key, label in (("grad_norm_head", "|grad1|"), ("grad_norm_tail", "|grad2|"), ("grad_norm", "|grad|")):
+        norm_ax.plot(*data[key], label=label)
+    norm_ax.set_title("gradient norms")
+    for ax in (cos_ax, norm_ax):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_plots(workdir: str, output: str | None = None, baseline: str | None = None) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output = output or os.path.join(workdir, "plots")
+    os.makedirs(output, exist_ok=True)
+    series = read_metrics(workdir)
+    written = []
+    plot_curves(plt, series, os.path.join(output, "curves.png"))
+    written.append("curves.png")
+    results_path = os.path.join(workdir, "results.json")
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+        other = None
+        if baseline:
+            with open(os.path.join(baseline, "results.json")) as f:
+                other = json.load(f)
+        plot_shots(plt, results, other, os.path.join(output, "shots.png"))
+        written.append("shots.png")
+        if "per_class_accuracy" in results:
+            plot_per_class(plt, results, os.path.join(output, "per_class.png"))
+            written.append("per_class.png")
+    if any("grad_cos_head" in s for s in series.values()):
+        plot_gradient_distortion(plt, series, os.path.join(output, "gradient_distortion.png"))
+        written.append("gradient_distortion.png")
+    return [os.path.join(output, name) for name in written]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        paths = make_plots(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.baseline)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    print("\n".join(paths))
+
+
+if __name__ == "__main__":
+    app.run(main)
