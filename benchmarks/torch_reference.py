@@ -100,10 +100,10 @@ def augment(images: torch.Tensor) -> torch.Tensor:
     """Pad-4 random crop and horizontal flip of a float batch (CIFAR), as asyncjax.augment."""
     n, _, h, w = images.shape
     padded = F.pad(images, (4, 4, 4, 4))
-    i = torch.randint(0, 9, (n,))
-    j = torch.randint(0, 9, (n,))
+    i = torch.randint(0, 9, (n,)).tolist()
+    j = torch.randint(0, 9, (n,)).tolist()
     crops = torch.stack([padded[k, :, i[k]:i[k] + h, j[k]:j[k] + w] for k in range(n)])
-    flip = torch.rand(n) < 0.5
+    flip = torch.rand(n, device=images.device) < 0.5
     crops[flip] = crops[flip].flip(-1)
     return crops
 
@@ -125,11 +125,13 @@ def intra_margin_loss(cosine, labels, is_memory, num_old, margin=0.5, top_k=2):
 class TrainStep:
     """One SGD step of phase I (cross-entropy) or phase II (L_cls + L_intra + lambda L_dis)."""
 
-    def __init__(self, model: str, num_classes: int, phase: int, mode: str, num_old: int = 0):
-        self.backbone = make_backbone(model)
-        self.head = CosineClassifier(self.backbone.dim, num_classes)
+    def __init__(self, model: str, num_classes: int, phase: int, mode: str, num_old: int = 0,
+                 device: str = "cpu", amp: bool = False):
+        self.device, self.amp = torch.device(device), amp
+        self.backbone = make_backbone(model).to(self.device)
+        self.head = CosineClassifier(self.backbone.dim, num_classes).to(self.device)
         self.phase, self.num_old, self.augment = phase, num_old, model == "resnet32"
-        self.old = make_backbone(model).eval() if phase == 2 else None
+        self.old = make_backbone(model).to(self.device).eval() if phase == 2 else None
         params = list(self.backbone.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
         self.channels_last = mode in ("channels_last", "compile")
@@ -140,20 +142,27 @@ class TrainStep:
         self._step = torch.compile(self._train) if mode == "compile" else self._train
 
     def _train(self, images, labels, is_memory):
-        features = self.backbone(images)
+        # AMP: bfloat16 autocast for the network, the losses in float32.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            features = self.backbone(images)
+            old_features = None
+            if self.phase == 2:
+                with torch.no_grad():
+                    old_features = self.old(images)
+        features = features.float()
         logits, cosine = self.head(features)
         loss = F.cross_entropy(logits, labels)
         if self.phase == 2:
-            with torch.no_grad():
-                old_features = self.old(images)
             loss = loss + intra_margin_loss(cosine, labels, is_memory, self.num_old) \
-                + 1.5 * memory_retentive_loss(old_features, features)
+                + 1.5 * memory_retentive_loss(old_features.float(), features)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss
 
     def __call__(self, images_uint8: torch.Tensor, labels: torch.Tensor, is_memory: torch.Tensor):
+        images_uint8, labels, is_memory = (t.to(self.device, non_blocking=True)
+                                           for t in (images_uint8, labels, is_memory))
         images = images_uint8.float().div_(255)
         if self.augment:
             images = augment(images)

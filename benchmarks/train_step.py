@@ -24,6 +24,9 @@ parser.add_argument("--phase", type=int, choices=[1, 2], default=1)
 parser.add_argument("--torch", choices=["eager", "channels_last", "compile", "none"], default="eager")
 parser.add_argument("--devices", type=int, default=1, help="XLA host devices to shard the batch over (CPU)")
 parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+parser.add_argument("--image_size", type=int, default=0, help="default: 32 (resnet32), 224 (resnet50)")
+parser.add_argument("--peak_tflops", type=float, default=0.0,
+                    help="the device's peak TFLOP/s for --dtype, to report model FLOP utilisation")
 parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--warmup", type=int, default=2)
@@ -43,7 +46,8 @@ from asyncjax.models import make_backbone, make_model  # noqa: E402
 
 CIFAR = args.model == "resnet32"
 NUM_CLASSES, NUM_OLD = (100, 70) if CIFAR else (1000, 864)
-SIZE = 32 if CIFAR else 224
+SIZE = args.image_size or (32 if CIFAR else 224)
+FLOPS = {"per_step": 0.0}
 
 
 def jax_step():
@@ -82,6 +86,10 @@ def jax_step():
             extra = (old,)
         key = jax.random.key(1)
         holder = {"state": state}
+        # XLA's own count of the step's floating-point operations (forward, backward, update).
+        cost = fn.lower(state, *extra, sharding.global_batch(local, mesh), key).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        FLOPS["per_step"] = float(cost.get("flops", 0.0)) if cost else 0.0
 
         def run(n):
             start = time.perf_counter()
@@ -98,7 +106,9 @@ def torch_step():
     from benchmarks import torch_reference
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    step = torch_reference.TrainStep(args.model, NUM_CLASSES, args.phase, args.torch, NUM_OLD)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    step = torch_reference.TrainStep(args.model, NUM_CLASSES, args.phase, args.torch, NUM_OLD, device=device,
+                                     amp=args.dtype == "bfloat16")
     images = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (args.batch,))
     is_memory = (labels < NUM_OLD).float()
@@ -107,7 +117,7 @@ def torch_step():
         start = time.perf_counter()
         for _ in range(n):
             loss = step(images, labels, is_memory)
-        float(loss.detach())
+        float(loss.detach())  # Waits for the device.
         return time.perf_counter() - start
 
     return run
@@ -125,7 +135,11 @@ def main():
             rates[name].append(args.steps * args.batch / run(args.steps))
     result = {"model": args.model, "batch": args.batch, "phase": args.phase, "torch_mode": args.torch,
               "devices": args.devices, "dtype": args.dtype, "rounds": args.rounds, "steps": args.steps,
-              "jax_img_s": statistics.median(rates["jax"]), "jax_all": [round(r, 1) for r in rates["jax"]]}
+              "image_size": SIZE, "backend": jax.default_backend(),
+              "jax_img_s": statistics.median(rates["jax"]), "jax_all": [round(r, 1) for r in rates["jax"]],
+              "jax_gflop_per_image": FLOPS["per_step"] / args.batch / 1e9}
+    if args.peak_tflops:
+        result["jax_mfu"] = result["jax_img_s"] * FLOPS["per_step"] / args.batch / (args.peak_tflops * 1e12)
     if "torch" in rates:
         result.update(torch_img_s=statistics.median(rates["torch"]),
                       torch_all=[round(r, 1) for r in rates["torch"]],

@@ -8,7 +8,7 @@ import pytest
 
 from tests import helpers
 
-SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run"]
+SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run", "benchmarks/gpu_check.sh"]
 
 
 def run(*args):
@@ -54,7 +54,7 @@ def test_tpu_pod_dry_run():
     assert missing.returncode == 2 and "--zone is required" in missing.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS[:3])
+@pytest.mark.parametrize("script", SCRIPTS[:3] + SCRIPTS[4:])
 def test_help(script):
     result = run(script, "--help")
     assert result.returncode == 0 and "asyncjax" in result.stdout
