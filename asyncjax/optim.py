@@ -43,10 +43,21 @@ def _head_labels(params):
     return flax.traverse_util.unflatten_dict({k: "head" if k[0] == "head" else "backbone" for k in flat})
 
 
-def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, freeze_backbone: bool = False):
+def _class_scale_labels(params):
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({k: "head" if k[-1] == "class_scale" else "backbone" for k in flat})
+
+
+TRAINABLE = ("all", "head", "class_scale")
+
+
+def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, trainable: str = "all"):
     """Returns (optax transformation, schedule). The head's lr is the backbone's
-    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4). `freeze_backbone` leaves
-    W_r untouched (no update, no weight decay): classifier re-training (cRT)."""
+    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4). `trainable="head"` leaves
+    W_r untouched (no update, no weight decay): classifier re-training (cRT);
+    `"class_scale"` trains only LWS's per-class scales."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
     schedule = learning_rate_schedule(recipe, steps_per_epoch)
 
     def sgd(multiplier):
@@ -54,9 +65,10 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, f
             optax.add_decayed_weights(recipe.weight_decay, mask=_decay_mask),
             optax.sgd(lambda step: multiplier * schedule(step), momentum=recipe.momentum))
 
-    if freeze_backbone:
+    if trainable != "all":
+        labels = _head_labels if trainable == "head" else _class_scale_labels
         return optax.multi_transform(
-            {"backbone": optax.set_to_zero(), "head": sgd(recipe.head_lr_multiplier)}, _head_labels), schedule
+            {"backbone": optax.set_to_zero(), "head": sgd(recipe.head_lr_multiplier)}, labels), schedule
     if recipe.head_lr_multiplier == 1.0:
         return sgd(1.0), schedule
     return optax.multi_transform(

@@ -181,7 +181,7 @@ def extend_classifier(phase1_params: dict, new_head_params: dict) -> dict:
 def make_classifier_retraining_step(model, tx, schedule, preprocess: Callable) -> Callable:
     """cRT (Kang et al., 2020): cross-entropy on the head only, the backbone frozen in
     inference mode (its BatchNorm statistics do not move). The optimiser must leave
-    the backbone's parameters alone (optim.make_optimizer(freeze_backbone=True))."""
+    the backbone's parameters alone (optim.make_optimizer(trainable="head" or "class_scale"))."""
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
         images = preprocess(batch["images"], jax.random.fold_in(rng, state.step))

@@ -38,7 +38,7 @@ IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.
 PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3, "classifier": 4}
 # "async" is the paper's method; the others train one joint phase over all classes, and
 # the decoupling baselines then re-train (cRT) or adjust (tau-norm, NCM) the classifier.
-DECOUPLED = ("crt", "tau_norm", "ncm")
+DECOUPLED = ("crt", "lws", "tau_norm", "ncm")
 METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment", *DECOUPLED)
 EVAL_BATCH = 500
 
@@ -71,8 +71,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.diagnostics.gradient_distortion and config.method != "plain":
         raise ValueError("diagnostics.gradient_distortion needs method=plain (the joint cross-entropy "
                          "whose head- and tail-class gradients Fig. 1 compares)")
-    if config.method == "tau_norm" and config.model.head != "linear":
-        raise ValueError("method=tau_norm needs model.head='linear' (it rescales the linear classifier)")
+    if config.method in ("tau_norm", "lws") and config.model.head != "linear":
+        raise ValueError(f"method={config.method} needs model.head='linear' (it rescales the linear classifier)")
     if config.memory.per_class < 1:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
     if config.phase2_init not in ("random", "imprint"):
@@ -150,9 +150,9 @@ class Trainer:
         self._predict_fns = {}
 
     # ---- helpers -------------------------------------------------------------------------
-    def model(self, num_outputs: int):
+    def model(self, num_outputs: int, **options):
         return make_model(self.config.model.backbone, self.config.model.head, num_outputs, dtype=self.dtype,
-                          cosine_scale_init=self.config.model.cosine_scale_init)
+                          cosine_scale_init=self.config.model.cosine_scale_init, **options)
 
     def meta(self, **extra) -> dict:
         return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
@@ -199,7 +199,7 @@ class Trainer:
     # ---- one phase -----------------------------------------------------------------------
     def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
                     extra_inputs: tuple = (), extra_shardings: tuple = (), batch_extras=None,
-                    meta_extra: dict | None = None):
+                    meta_extra: dict | None = None, trainable: str = "all", model_options: dict | None = None):
         """Trains one phase to its last step, resuming from its checkpoints.
 
         init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn.
@@ -214,8 +214,8 @@ class Trainer:
         if recipe.batch_size % (sharding.data_size(self.mesh) * jax.process_count()):
             raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
-        tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, freeze_backbone=name == "classifier")
-        model = self.model(num_outputs)
+        tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=trainable)
+        model = self.model(num_outputs, **(model_options or {}))
         abstract = jax.eval_shape(lambda: init_fn(model, tx))
         state_shardings = sharding.state_shardings(abstract, self.mesh)
         ckpt = checkpointing.PhaseCheckpoints(os.path.join(self.workdir, "checkpoints", name),
@@ -348,17 +348,22 @@ class Trainer:
             predictions = np.asarray(baselines.ncm_predict(test_features, means,
                                                            metric=self.config.decoupling.ncm_metric))
             result = self.accuracy_of(predictions)
-        else:  # crt
+        else:  # crt: a fresh classifier; lws: per-class scales on the joint classifier.
             def init(model, tx):
-                fresh = model.init(jax.random.fold_in(self.rng, 4), jnp.zeros((1, *self.data.image_shape)),
-                                   train=False)["params"]["head"]
-                params = {**joint_state.params, "head": fresh}
+                if method == "crt":
+                    head = model.init(jax.random.fold_in(self.rng, 4), jnp.zeros((1, *self.data.image_shape)),
+                                      train=False)["params"]["head"]
+                else:
+                    head = {**joint_state.params["head"], "class_scale": jnp.ones((num_classes,), jnp.float32)}
+                params = {**joint_state.params, "head": head}
                 return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                         batch_stats=joint_state.batch_stats, opt_state=tx.init(params))
             make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classifier_retraining_step(
                 model, tx, schedule, self.train_preprocess)
-            model, state, _ = self.train_phase("classifier", num_classes, np.arange(len(self.train_labels)),
-                                               init, make_step)
+            model, state, _ = self.train_phase(
+                "classifier", num_classes, np.arange(len(self.train_labels)), init, make_step,
+                trainable="head" if method == "crt" else "class_scale",
+                model_options={"class_scale": method == "lws"})
             result = self.final_accuracy(model, state)
         return {**result, "joint": joint,
                 "wall_time_s": {"joint": joint_seconds, method: time.time() - started}}

@@ -130,7 +130,7 @@ def test_ldam_drw_switches_to_reweighting_at_the_set_epoch(tmp_path, tiny_cifar)
     assert float(plain) != pytest.approx(float(weighted), rel=1e-3)
 
 
-@pytest.mark.parametrize("method", ["crt", "tau_norm", "ncm"])
+@pytest.mark.parametrize("method", ["crt", "lws", "tau_norm", "ncm"])
 def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
     result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
                               "--config.model.head=linear", "--config.classifier.epochs=2",
@@ -138,14 +138,20 @@ def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "wd" / "results.json").read_text())
     assert results["method"] == method and 0 <= results["overall"] <= 100 and "joint" in results
-    if method == "crt":
+    if method in ("crt", "lws"):
         assert "classifier epoch 2/2 step 6/6" in result.stdout
         joint = helpers.export(tmp_path / "wd", tmp_path / "joint.npz", "--phase=joint")
         final = helpers.export(tmp_path / "wd", tmp_path / "final.npz")
-        for name in joint:  # The backbone and its statistics are frozen; only the head moved.
-            if name.startswith(("params/backbone", "batch_stats")):
+        frozen = ("params/backbone", "batch_stats") if method == "crt" else ("params/backbone", "batch_stats",
+                                                                             "params/head/fc")
+        for name in joint:  # Frozen parts stay bitwise; the trained part moved.
+            if name.startswith(frozen):
                 np.testing.assert_array_equal(final[name], joint[name], err_msg=name)
-        assert not np.allclose(final["params/head/fc/kernel"], joint["params/head/fc/kernel"])
+        if method == "crt":
+            assert not np.allclose(final["params/head/fc/kernel"], joint["params/head/fc/kernel"])
+        else:
+            assert final["params/head/class_scale"].shape == (100,)
+            assert not np.allclose(final["params/head/class_scale"], 1.0)
 
 
 def test_gradient_distortion_is_logged(tmp_path, tiny_cifar):

@@ -41,12 +41,13 @@ class Classifier(nn.Module):
 
 
 def make_model(backbone: str, head: str, num_classes: int, *, dtype=jnp.float32,
-               cosine_scale_init: float = 16.0) -> Classifier:
-    """A Classifier with `num_classes` outputs (C1 in phase I, C in phase II)."""
+               cosine_scale_init: float = 16.0, class_scale: bool = False) -> Classifier:
+    """A Classifier with `num_classes` outputs (C1 in phase I, C in phase II).
+    `class_scale`: LWS's per-class logit scales on a linear head."""
     if head == "cosine":
         head_module = CosineClassifier(num_classes, scale_init=cosine_scale_init, dtype=dtype)
     elif head == "linear":
-        head_module = LinearClassifier(num_classes, dtype=dtype)
+        head_module = LinearClassifier(num_classes, dtype=dtype, class_scale=class_scale)
     else:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     return Classifier(backbone=make_backbone(backbone, dtype), head=head_module)

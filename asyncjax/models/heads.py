@@ -10,14 +10,20 @@ CLASS_AXIS = -1
 
 
 class LinearClassifier(nn.Module):
-    """Plain dense classifier (baselines): logits = z W + b."""
+    """Plain dense classifier (baselines): logits = z W + b.
+
+    `class_scale=True` adds LWS's learnable per-class scales f (Kang et al., 2020):
+    logits_j = f_j (z w_j + b_j), f initialised to 1."""
     num_classes: int
     dtype: jnp.dtype = jnp.float32
+    class_scale: bool = False
 
     @nn.compact
     def __call__(self, features):
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc",
                           kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "normal"))(features)
+        if self.class_scale:
+            logits = logits * self.param("class_scale", nn.initializers.ones, (self.num_classes,), jnp.float32)
         return {"logits": logits}
 
 
