@@ -64,6 +64,15 @@ def phase_recipe(*, epochs: int, batch_size: int, base_lr: float, base_batch_siz
     return recipe
 
 
+def shrink_for_smoke(config: ml_collections.ConfigDict, backbone: str = "resnet10") -> None:
+    """The `smoke=True` variant of a 224-px config: a small backbone and a few steps per phase."""
+    config.model.backbone = backbone
+    for name in ("phase1", "phase2", "classifier"):
+        config[name].update(dict(epochs=2, batch_size=8, max_steps_per_epoch=4))
+    config.log_every_steps = 2
+    config.eval_every_epochs = 1
+
+
 def common_config() -> ml_collections.ConfigDict:
     """Keys shared by every dataset config; each file fills in its recipe."""
     config = ml_collections.ConfigDict()

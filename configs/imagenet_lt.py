@@ -19,9 +19,5 @@ def get_config(arg=None):
             epochs=90, batch_size=256, base_lr=0.05, base_batch_size=256, schedule="cosine")
     config.eval_every_epochs = 10
     if arg.smoke:
-        config.model.backbone = "resnet10"
-        for name in ("phase1", "phase2"):
-            config[name].update(dict(epochs=2, batch_size=8, max_steps_per_epoch=4))
-        config.log_every_steps = 2
-        config.eval_every_epochs = 1
+        config_utils.shrink_for_smoke(config)
     return config

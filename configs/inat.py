@@ -17,9 +17,5 @@ def get_config(arg=None):
         config[name] = config_utils.phase_recipe(
             epochs=200, batch_size=512, base_lr=0.05, base_batch_size=512, schedule="cosine")
     if arg.smoke:
-        config.model.backbone = "resnet10"
-        for name in ("phase1", "phase2"):
-            config[name].update(dict(epochs=2, batch_size=8, max_steps_per_epoch=4))
-        config.log_every_steps = 2
-        config.eval_every_epochs = 1
+        config_utils.shrink_for_smoke(config)
     return config

@@ -21,9 +21,5 @@ def get_config(arg=None):
             epochs=60, batch_size=128, base_lr=5e-4, base_batch_size=128, schedule="step",
             decay_fractions=(1 / 3, 2 / 3), head_lr_multiplier=100.0)
     if arg.smoke:
-        config.model.backbone = "resnet10"
-        for name in ("phase1", "phase2"):
-            config[name].update(dict(epochs=2, batch_size=8, max_steps_per_epoch=4))
-        config.log_every_steps = 2
-        config.eval_every_epochs = 1
+        config_utils.shrink_for_smoke(config)
     return config
