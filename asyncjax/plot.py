@@ -45,16 +45,25 @@ def read_metrics(workdir: str) -> dict:
 
 def plot_curves(plt, series, path):
     phases = list(series)
-    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 3.6), squeeze=False)
     for ax, phase in zip(axes[0], phases):
         for term in TERMS:
-            if term in series[phase]:
+            if term in series[phase] and term != "accuracy":
                 ax.plot(*series[phase][term], label=term)
+        ax.set_ylabel("loss")
+        accuracy_ax = ax.twinx()  # Accuracies in percent on their own axis.
+        if "accuracy" in series[phase]:
+            steps, values = series[phase]["accuracy"]
+            accuracy_ax.plot(steps, [100 * v for v in values], "k:", label="train accuracy")
         if "test_overall" in series[phase]:
-            ax.plot(*series[phase]["test_overall"], "k--o", label="test overall (monitoring)")
+            steps, values = series[phase]["test_overall"]
+            accuracy_ax.plot(steps, [100 * v for v in values], "ko--", label="test overall (monitoring)")
+        accuracy_ax.set_ylabel("accuracy (%)")
         ax.set_title(phase)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        lines = ax.get_legend_handles_labels()
+        more = accuracy_ax.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
