@@ -43,6 +43,13 @@ METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment",
 EVAL_BATCH = 500
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """1.0 when every entry of every array in `tree` is finite, else NaN."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    return jnp.where(finite, 1.0, jnp.nan)
+
+
 def _summary(accuracies: dict) -> str:
     text = lambda v: "n/a" if v is None else f"{v:.2f}"
     return (f"overall {text(accuracies['overall'])}% (many {text(accuracies['many'])}, "
@@ -275,7 +282,9 @@ class Trainer:
                     last_log_time, last_log_step, summed = now, done, None
                 if done % config.checkpoint_every_steps == 0 or done == total or self.stop.signal:
                     # Never write a checkpoint of a diverged model: the last good one stays the latest.
-                    self._check_finite(name, done, jax.device_get(metrics))
+                    # A step's loss can be finite while its update overflowed the parameters.
+                    self._check_finite(name, done, {**jax.device_get(metrics),
+                                                    "parameters": float(_all_finite(state.params))})
                     save(done)
                 if self.stop.signal:
                     raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
@@ -294,7 +303,8 @@ class Trainer:
     def _check_finite(self, phase, step, means):
         for term, value in means.items():
             if term != "lr" and not np.isfinite(value):
-                raise TrainingDiverged(f"non-finite loss in {phase} at step {step}: {term} = {value}; "
+                what = "parameters" if term == "parameters" else "loss"
+                raise TrainingDiverged(f"non-finite {what} in {phase} at step {step}: {term} = {value}; "
                                        "the last good checkpoint is kept")
 
     # ---- the method ----------------------------------------------------------------------
