@@ -114,15 +114,21 @@ def _snapshot(path: pathlib.Path):
     (["--config.memory.per_class=0"], r"memory.per_class must be >= 1, got 0"),
     (["--config.data.cifar100_dir=/nonexistent/cifar"], r"CIFAR-100 directory '/nonexistent/cifar' does not exist"),
 ])
-@pytest.mark.parametrize("existing", [False, True])
-def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterrupted, extra, message, existing):
-    workdir = uninterrupted if existing else tmp_path / "new"
+def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterrupted, extra, message):
+    """Against a workdir that holds a finished run: nothing in it may change."""
+    workdir = uninterrupted
     before = _snapshot(workdir)
     result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra, timeout=300)
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert _snapshot(workdir) == before
+
+
+def test_bad_input_creates_no_workdir(tmp_path, tiny_cifar):
+    result = helpers.run_main(tmp_path / "new", tiny_cifar, *helpers.TINY, "--config.memory.per_class=0")
+    assert result.returncode != 0 and "memory.per_class must be >= 1" in result.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_truncated_cifar_file_is_refused(tmp_path, tiny_cifar):
