@@ -89,7 +89,8 @@ def jax_step():
         # XLA's own count of the step's floating-point operations (forward, backward, update).
         cost = fn.lower(state, *extra, sharding.global_batch(local, mesh), key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        FLOPS["per_step"] = float(cost.get("flops", 0.0)) if cost else 0.0
+        # The count is of one device's program (its share of the batch): scale to the whole step.
+        FLOPS["per_step"] = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
 
         def run(n):
             start = time.perf_counter()
