@@ -13,7 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from asyncjax import losses
 
 _EPS = 1e-12
 
@@ -34,11 +35,8 @@ def drw_class_weights(counts, beta: float = 0.9999) -> np.ndarray:
 
 def weighted_cross_entropy(logits, labels, class_weights=None):
     """Cross-entropy; with class weights w, sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch's rule)."""
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    if class_weights is None:
-        return per_example.mean()
-    w = jnp.asarray(class_weights)[labels]
-    return jnp.sum(w * per_example) / jnp.sum(w)
+    weights = None if class_weights is None else jnp.asarray(class_weights)[labels]
+    return losses.cross_entropy(logits, labels, weights)
 
 
 def ldam_loss(cosine, labels, margins, *, scale: float = 30.0, class_weights=None):

@@ -14,12 +14,13 @@ _EPS = 1e-12
 def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Mean softmax cross-entropy L_cls (Eq. 1), computed in float32.
 
-    `weights` ([B], optional) masks padding rows; the mean is over weighted rows.
+    `weights` ([B], optional): sum_i w_i l_i / sum_i w_i, for masks of padding rows and
+    for per-example weights such as DRW's class weights (0 when every weight is 0).
     """
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     if weights is None:
         return per_example.mean()
-    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), _EPS)
 
 
 def _normalize(x):
