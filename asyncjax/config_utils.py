@@ -71,6 +71,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict, backbone: str = "resnet1
         config[name].update(dict(epochs=2, batch_size=8, max_steps_per_epoch=4))
     config.log_every_steps = 2
     config.eval_every_epochs = 1
+    config.data.workers = 0             # Decode in-process: no worker start-up for a few batches.
 
 
 def common_config() -> ml_collections.ConfigDict:
@@ -81,10 +82,19 @@ def common_config() -> ml_collections.ConfigDict:
                                         # "ldam_drw", "balanced_softmax", "logit_adjustment",
                                         # or a decoupling baseline: "crt", "tau_norm", "ncm".
     config.seed = 0
+    config.init_from = ""               # Backbone weights (.npz, export format; asyncjax.convert).
 
     config.data = ml_collections.ConfigDict(dict(
         cifar100_dir=ml_collections.config_dict.placeholder(str),
         tfds_data_dir=ml_collections.config_dict.placeholder(str),
+        # 224-px benchmarks (ImageNet-LT, Places-LT, iNaturalist 2018); see README "Datasets".
+        source="tfds",                  # "tfds" (prepared TFDS dataset) or "list" (split lists over a folder).
+        list_dir="",                    # source=list: folder of the split lists (e.g. ImageNet_LT_train.txt).
+        root="",                        # source=list: folder the lists' image paths are relative to.
+        check_files=True,               # source=list: check that every listed image exists, up front.
+        workers=8,                      # grain worker processes that read, decode and crop (0: in-process).
+        image_size=224,                 # Training crop and evaluation centre crop.
+        resize_size=256,                # Evaluation: shorter side resized to this before the centre crop.
         imbalance=100,                  # IF = n_max / n_min.
         max_count=500,                  # n_max: images of the largest class (CIFAR-100: 500).
         subsample_seed=0,               # (choice) seed of the per-class subsampling.

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from asyncjax.archive import flatten
+
 flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
 flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
 flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
@@ -22,17 +24,6 @@ flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
 flags.mark_flags_as_required(["workdir", "output"])
 
 PHASES = ("phase2", "classifier", "joint", "phase1")  # Most final first.
-
-
-def flatten(tree, prefix="") -> dict[str, np.ndarray]:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
 
 
 def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _EPS = 1e-12
+GROUP_BYTES = 4 << 20  # Classes vectorised together: about what stays in a core's share of cache.
 
 
 def _normalize(x, axis=-1):
@@ -45,21 +46,26 @@ def select_class_exemplars(features: jax.Array, valid: jax.Array, num: int) -> j
     valid = valid.astype(bool)
     n = features.shape[0]
     num_valid = jnp.sum(valid)
-    prototype = jnp.sum(jnp.where(valid[:, None], features, 0.0), axis=0) / jnp.maximum(num_valid, 1)
-    unit_features = _normalize(features)
+    prototype = (valid.astype(jnp.float32) @ features) / jnp.maximum(num_valid, 1)
+    # s(x, F_j[i]) = (F_j[i] . x / ||x||) / ||F_j[i]||: dividing by the row norms afterwards
+    # saves writing a normalised copy of the class's features (each pass over them counts).
+    inverse_norms = 1.0 / jnp.maximum(jnp.linalg.norm(features, axis=-1), _EPS)
+    similarity = lambda x: (features @ _normalize(x)) * inverse_norms
     # s(c_j, F_j[i]) for every row; the softmax of Eq. 3 reads it at the selected rows.
-    sim_to_prototype = unit_features @ _normalize(prototype)
+    sim_to_prototype = similarity(prototype)
 
     def body(k, carry):
         selected, chosen = carry
-        # Eq. 3-4: z_{k+1} = sum_i p_i m_i over the rows chosen so far.
-        logits = jnp.where(chosen, sim_to_prototype, -jnp.inf)
-        weights = jax.nn.softmax(jnp.where(chosen.any(), logits, 0.0))
-        weights = jnp.where(chosen, weights, 0.0)
-        state = weights @ features
+        # Eq. 3-4: z_{k+1} = sum_i p_i m_i over the rows chosen so far, read from the
+        # K selected rows only (a K x d gather, not a pass over the class's n rows).
+        picked = selected >= 0
+        rows = jnp.maximum(selected, 0)
+        logits = jnp.where(picked, sim_to_prototype[rows], -jnp.inf)
+        weights = jnp.where(picked, jax.nn.softmax(jnp.where(picked.any(), logits, 0.0)), 0.0)
+        state = weights @ features[rows]
         # Eq. 5 uses c_j + Delta = 2 c_j - z_{k+1}; Eq. 2 (k = 0) uses c_j itself.
         target = jnp.where(k == 0, prototype, 2.0 * prototype - state)
-        scores = unit_features @ _normalize(target)
+        scores = similarity(target)
         candidates = valid & ~chosen
         best = jnp.argmax(jnp.where(candidates, scores, -jnp.inf))
         found = candidates.any()
@@ -72,9 +78,26 @@ def select_class_exemplars(features: jax.Array, valid: jax.Array, num: int) -> j
     return selected
 
 
-@functools.partial(jax.jit, static_argnames=("num",))
-def _select_chunk(features, valid, num):
-    return jax.vmap(select_class_exemplars, in_axes=(0, 0, None))(features, valid, num)
+@functools.partial(jax.jit, static_argnames=("num", "group"))
+def _select_chunk(features, valid, num, group):
+    # Groups of `group` classes one after another (lax.map), each group vectorised
+    # (vmap): a group's block is sized to stay in cache through its K passes, instead
+    # of the whole chunk streaming from memory K times (all-vmap), while small classes
+    # still share each loop step (all-map pays a dispatch per class and step).
+    chunk, length, dim = features.shape
+    select = jax.vmap(select_class_exemplars, in_axes=(0, 0, None))
+    picked = jax.lax.map(lambda block: select(block[0], block[1], num),
+                         (features.reshape(chunk // group, group, length, dim),
+                          valid.reshape(chunk // group, group, length)))
+    return picked.reshape(chunk, num)
+
+
+def _aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + size].view(dtype).reshape(shape)
 
 
 def _next_pow2(x: int) -> int:
@@ -108,10 +131,14 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
     classes = np.asarray(classes)
     feature_dim = features.shape[1]
     itemsize = 4
-    rows_of = [np.flatnonzero(labels == c) for c in classes]
+    # Rows of each class from one sort (a comparison per class would cost C x N).
+    by_label = np.argsort(labels, kind="stable")
+    sorted_labels = labels[by_label]
+    lows, highs = np.searchsorted(sorted_labels, classes, "left"), np.searchsorted(sorted_labels, classes, "right")
+    rows_of = [by_label[low:high] for low, high in zip(lows, highs)]
     order = np.argsort([-len(r) for r in rows_of], kind="stable")
     bank = np.full((len(classes), per_class), -1, np.int64)
-    start = 0
+    start, buffer = 0, None
     while start < len(order):
         length = _next_pow2(len(rows_of[order[start]]))
         fit = max(1, max_chunk_bytes // (length * feature_dim * itemsize))
@@ -123,11 +150,21 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
         for slot, m in enumerate(members):
             index[slot, :len(rows_of[m])] = rows_of[m]
             valid[slot, :len(rows_of[m])] = True
-        if isinstance(features, np.ndarray):  # Gather on the host, send one block.
-            block = features[index]
+        if isinstance(features, np.ndarray):
+            # Gather on the host into a 64-byte-aligned buffer, which the CPU backend takes
+            # without a copy (may_alias); an unaligned one costs a second copy of the block.
+            # (device_put leaves it uncommitted, so it also runs inside a multi-process mesh.)
+            # One buffer for all chunks: fresh pages would each fault on first touch.
+            size = chunk * length * feature_dim
+            if buffer is None or buffer.size < size:
+                buffer = _aligned_empty((size,), features.dtype)
+            block = buffer[:size].reshape(chunk, length, feature_dim)
+            np.take(features, index, axis=0, out=block)
+            block = jax.device_put(block, may_alias=True) if jax.default_backend() == "cpu" else block
         else:
             block = jnp.take(features, jnp.asarray(index), axis=0)
-        local = np.asarray(_select_chunk(block, jnp.asarray(valid), per_class))
+        group = min(chunk, _next_pow2(max(1, GROUP_BYTES // (length * feature_dim * itemsize))))
+        local = np.asarray(_select_chunk(block, jnp.asarray(valid), per_class, group))
         for slot, m in enumerate(members):
             picked = local[slot]
             bank[m] = np.where(picked >= 0, index[slot, np.maximum(picked, 0)], -1)

@@ -55,9 +55,10 @@ def plot_curves(plt, series, path):
         if "accuracy" in series[phase]:
             steps, values = series[phase]["accuracy"]
             accuracy_ax.plot(steps, [100 * v for v in values], "k:", label="train accuracy")
-        if "test_overall" in series[phase]:
-            steps, values = series[phase]["test_overall"]
-            accuracy_ax.plot(steps, [100 * v for v in values], "ko--", label="test overall (monitoring)")
+        for split in ("val", "test"):  # The monitoring split: val where the benchmark has one.
+            if f"{split}_overall" in series[phase]:
+                steps, values = series[phase][f"{split}_overall"]
+                accuracy_ax.plot(steps, [100 * v for v in values], "ko--", label=f"{split} overall (monitoring)")
         accuracy_ax.set_ylabel("accuracy (%)")
         ax.set_title(phase)
         ax.set_xlabel("step")

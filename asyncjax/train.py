@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from asyncjax import augment, baselines, checkpointing, evaluate, losses, memory, optim, sharding, steps
+from asyncjax import (augment, baselines, checkpointing, evaluate, losses, memory, optim, pretrained, sharding,
+                      steps)
 from asyncjax.data import datasets, longtail
 from asyncjax.data.sampling import EpochSampler
 from asyncjax.models import make_backbone, make_model
@@ -146,6 +147,12 @@ class Trainer:
         self.split = longtail.make_class_split(counts, split_arg)
         self.train_labels = self.split.to_rank(self.data.train_labels)   # Output rows.
         self.test_labels = self.split.to_rank(self.data.test_labels)
+        # Monitoring split: validation where the benchmark has one, so the test split is
+        # only looked at for the final figures.
+        if self.data.val_images is not None:
+            self.monitor = (self.data.val_images, self.split.to_rank(self.data.val_labels), "val")
+        else:
+            self.monitor = (self.data.test_images, self.test_labels, "test")
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
         self.mesh = sharding.make_mesh(config.mesh.model)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
@@ -165,11 +172,14 @@ class Trainer:
         return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
                 "config": self.config.to_json(), **extra}
 
-    def predict(self, model, state, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sharded inference over host images: (top-1 output rows, features)."""
+    def predict(self, model, state, table, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sharded inference over the rows `indices` (default: all) of an image table:
+        (top-1 output rows, features). Each process reads only its share of each batch."""
+        indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         unit = sharding.data_size(self.mesh) * jax.process_count()
-        batch = -(-EVAL_BATCH // unit) * unit
+        # Small sets (smoke runs) get a batch of their own size, not a mostly padded one.
+        batch = -(-min(EVAL_BATCH, len(indices)) // unit) * unit
         if model not in self._predict_fns:  # One compilation per model, not per call.
             var_shardings = jax.tree.map(lambda x: x.sharding, variables)
             offset = None
@@ -182,25 +192,26 @@ class Trainer:
                 out_shardings=sharding.batch_sharding(self.mesh))
         predict = self._predict_fns[model]
         predictions, features = [], []
-        for start in range(0, len(images), batch):
-            chunk = images[start:start + batch]
-            padded = np.zeros((batch, *chunk.shape[1:]), chunk.dtype)
-            padded[:len(chunk)] = chunk
-            local = sharding.process_slice(padded)
+        chunks = [indices[start:start + batch] for start in range(0, len(indices), batch)]
+        # The last chunk is padded with its first row up to a whole batch (results dropped).
+        padded = [np.concatenate([c, np.full(batch - len(c), c[0])]) for c in chunks]
+        local_batches = table.batches([sharding.process_slice(p) for p in padded], training=False)
+        for chunk, local in zip(chunks, local_batches):
             out = predict(variables, sharding.global_batch({"images": local}, self.mesh)["images"])
             out = multihost_utils.process_allgather(out, tiled=True)
             predictions.append(np.asarray(out["prediction"])[:len(chunk)])
             features.append(np.asarray(out["features"])[:len(chunk)])
         return np.concatenate(predictions), np.concatenate(features)
 
-    def accuracy(self, model, state, num_classes_evaluated: tuple = (None,)) -> list[dict]:
-        """Shot accuracies on the test split; for each entry of `num_classes_evaluated`,
-        over all test samples (None) or over those of the first k output rows (k)."""
-        predictions, _ = self.predict(model, state, self.data.test_images)
+    def accuracy(self, model, state, num_classes_evaluated: tuple = (None,), monitor: bool = False) -> list[dict]:
+        """Shot accuracies on the test split (or, `monitor`, the monitoring split); for each
+        entry of `num_classes_evaluated`, over all samples (None) or those of the first k output rows (k)."""
+        table, labels, _ = self.monitor if monitor else (self.data.test_images, self.test_labels, "test")
+        predictions, _ = self.predict(model, state, table)
         results = []
         for k in num_classes_evaluated:
-            keep = np.ones(len(predictions), bool) if k is None else self.test_labels < k
-            results.append(evaluate.shot_accuracy(predictions[keep], self.test_labels[keep], self.counts))
+            keep = np.ones(len(predictions), bool) if k is None else labels < k
+            results.append(evaluate.shot_accuracy(predictions[keep], labels[keep], self.counts))
         return results
 
     # ---- one phase -----------------------------------------------------------------------
@@ -237,6 +248,12 @@ class Trainer:
                 self.reporter.info(f"{name}: resuming from step {latest}/{total}")
         else:
             state = jax.jit(lambda: init_fn(model, tx), out_shardings=state_shardings)()
+            if config.init_from and name in ("phase1", "joint"):
+                # Outside the jitted init, so that the weights are not baked into a program.
+                params, batch_stats = pretrained.load_backbone(jax.device_get(state.params),
+                                                               jax.device_get(state.batch_stats), config.init_from)
+                state = jax.device_put(state.replace(params=params, batch_stats=batch_stats), state_shardings)
+                self.reporter.info(f"{name}: backbone initialised from {config.init_from}")
         if int(state.step) >= total:
             ckpt.close()
             return model, state, elapsed_before
@@ -259,11 +276,23 @@ class Trainer:
             ckpt.save(step_number, state, self.meta(elapsed_s=elapsed_before + time.time() - started,
                                                     **(meta_extra or {})))
 
+        def epoch_batches(epoch, first_step):
+            """(positions, images) of this process for the rest of an epoch; the images come
+            from the input pipeline, which reads ahead (seeded by seed, phase, epoch, step)."""
+            positions = [sharding.process_slice(sampler.batch(epoch, s))
+                         for s in range(first_step, sampler.steps_per_epoch)]
+            images = self.data.train_images.batches([rows[p] for p in positions], training=True,
+                                                    key=(config.seed, PHASE_IDS[name], epoch), start=first_step)
+            return zip(positions, images)
+
+        batches = None
         try:
             for step_number in range(int(state.step), total):
                 epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
-                positions = sharding.process_slice(sampler.batch(epoch, step_in_epoch))
-                local = {"images": self.data.train_images[rows[positions]], "labels": labels[positions]}
+                if batches is None or step_in_epoch == 0:
+                    batches = epoch_batches(epoch, step_in_epoch)
+                positions, images = next(batches)
+                local = {"images": images, "labels": labels[positions]}
                 if batch_extras is not None:
                     local.update(batch_extras(rows[positions], labels[positions]))
                 state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
@@ -290,10 +319,10 @@ class Trainer:
                     raise Interrupted(f"{self.stop.signal} received: stopped {name} after step {done}/{total} "
                                       f"with a checkpoint; run the same command again to resume")
                 if end_of_epoch and (epoch + 1) % config.eval_every_epochs == 0 and done < total:
-                    acc, = self.accuracy(model, state)
-                    self.reporter.info(f"{name} epoch {epoch + 1} test (monitoring only): "
+                    acc, = self.accuracy(model, state, monitor=True)
+                    self.reporter.info(f"{name} epoch {epoch + 1} {self.monitor[2]} (monitoring only): "
                                        + " ".join(f"{k} {100 * v:.2f}" for k, v in acc.items()))
-                    self.reporter.write(name, done, {f"test_{k}": v for k, v in acc.items()})
+                    self.reporter.write(name, done, {f"{self.monitor[2]}_{k}": v for k, v in acc.items()})
         finally:
             # Let an in-flight (good) checkpoint finish even when the loop stops with an error.
             ckpt.wait()
@@ -308,6 +337,10 @@ class Trainer:
                                        "the last good checkpoint is kept")
 
     # ---- the method ----------------------------------------------------------------------
+    def initial_state(self, model, tx) -> steps.TrainState:
+        """The first phase's random start (--config.init_from is applied after, in train_phase)."""
+        return steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0), self.data.image_shape)
+
     def joint_loss(self, steps_per_epoch: int):
         """The joint phase's loss(out, labels, step) for each baseline method."""
         loss_config, counts = self.config.loss, self.counts
@@ -328,8 +361,7 @@ class Trainer:
     def run_plain(self) -> dict:
         num_classes = self.split.num_classes
         rows = np.arange(len(self.train_labels))
-        init = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
-                                                        self.data.image_shape)
+        init = self.initial_state
         distortion = self.split.num_head if self.config.diagnostics.gradient_distortion else None
         make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
             model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch), distortion)
@@ -381,8 +413,7 @@ class Trainer:
     def run_async(self) -> dict:
         c1, c = self.split.num_head, self.split.num_classes
         head_rows = np.flatnonzero(self.train_labels < c1)
-        init1 = lambda model, tx: steps.init_train_state(model, tx, jax.random.fold_in(self.rng, 0),
-                                                         self.data.image_shape)
+        init1 = self.initial_state
         make_step1 = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
             model, tx, schedule, self.train_preprocess)
         model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
@@ -439,7 +470,7 @@ class Trainer:
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as saved:
                 return saved["bank"]
-        _, features = self.predict(model1, state1, self.data.train_images[head_rows])
+        _, features = self.predict(model1, state1, self.data.train_images, head_rows)
         local = memory.build_memory_bank(features, self.train_labels[head_rows], np.arange(self.split.num_head),
                                          self.config.memory.per_class,
                                          max_chunk_bytes=self.config.memory.max_chunk_bytes)
@@ -454,7 +485,7 @@ class Trainer:
         """(choice) W_c2 rows = normalised mean phase-I feature of each tail class: [d, C2]."""
         c1 = self.split.num_head
         tail_rows = np.flatnonzero(self.train_labels >= c1)
-        _, features = self.predict(model1, state1, self.data.train_images[tail_rows])
+        _, features = self.predict(model1, state1, self.data.train_images, tail_rows)
         labels = self.train_labels[tail_rows] - c1
         means = np.stack([features[labels == k].mean(axis=0) for k in range(self.split.num_tail)])
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12

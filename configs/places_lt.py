@@ -15,7 +15,6 @@ def get_config(arg=None):
     config.dataset = "places_lt"
     config.recipe_devices = 8
     config.model.backbone = "resnet152"
-    config.init_from = ""
     for name in ("phase1", "phase2"):
         config[name] = config_utils.phase_recipe(
             epochs=60, batch_size=128, base_lr=5e-4, base_batch_size=128, schedule="step",

@@ -4,6 +4,13 @@ import pathlib
 
 import pytest
 
+# One persistent XLA compilation cache for the whole test session, the CLI runs
+# (subprocesses inherit the environment) included: most of them compile the same
+# tiny models, and a cached executable is the same program, so results are unchanged.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                                "asyncjax-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR_DIR = REPO.parent / "shared" / "data" / "cifar-100-binary"
 

@@ -58,3 +58,24 @@ def export(workdir, output, *extra):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(output, allow_pickle=False))
+
+
+def write_jpeg_folder(root, list_dir, list_name, num_images=12, num_classes=5, seed=0, sizes=((40, 56), (64, 48))):
+    """A folder of small random JPEGs (class-coloured) and a `path label` split list over it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(list_dir, exist_ok=True)
+    lines = []
+    for i in range(num_images):
+        label = i % num_classes
+        height, width = sizes[i % len(sizes)]
+        pixels = np.clip(rng.normal(40 * label, 30, size=(height, width, 3)), 0, 255).astype(np.uint8)
+        relative = f"class_{label}/img_{i}.jpg"
+        os.makedirs(os.path.join(root, f"class_{label}"), exist_ok=True)
+        Image.fromarray(pixels).save(os.path.join(root, relative), quality=90)
+        lines.append(f"{relative} {label}")
+    path = os.path.join(list_dir, list_name)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path

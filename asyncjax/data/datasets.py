@@ -1,44 +1,70 @@
-"""Training and evaluation sets as host arrays, by dataset name.
+"""Training, validation and test sets by dataset name, as image tables plus labels.
 
-CIFAR-100-LT is small enough to hold in memory: images stay uint8 and are
-augmented on the device. The other benchmarks (ImageNet-LT, Places-LT,
-iNaturalist 2018) need the streaming grain pipeline, which is not written yet.
+CIFAR-100-LT is small enough to hold in memory (`InMemoryImages`): images stay
+uint8 and are augmented on the device. ImageNet-LT, Places-LT and iNaturalist 2018
+stream through grain (`StreamingImages`) from TFDS or from split lists over an
+image folder (`--config.data.source=tfds|list`).
+
+Splits: the final figures come from `test`. Monitoring during training uses
+`val` where the benchmark has a separate validation split (ImageNet-LT, Places-LT),
+so nothing is ever looked at on the test split before the end. CIFAR-100-LT has no
+validation split and iNaturalist 2018 reports on its validation split, as the field does.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
 import numpy as np
 
-from asyncjax.data import cifar, longtail
+from asyncjax.data import cifar, longtail, sources
+from asyncjax.data.pipeline import InMemoryImages, StreamingImages
 
 
 @dataclasses.dataclass
 class LongTailData:
-    train_images: np.ndarray     # uint8 [N, H, W, 3]
-    train_labels: np.ndarray     # original class ids [N]
-    test_images: np.ndarray
+    train_images: object          # An image table (asyncjax.data.pipeline).
+    train_labels: np.ndarray      # Original class ids [N].
+    test_images: object
     test_labels: np.ndarray
     num_classes: int
-    note: str = ""               # Said beside every figure measured on this data.
+    note: str = ""                # Said beside every figure measured on this data.
+    val_images: object = None     # Monitoring split; None: monitor on test (CIFAR, iNaturalist).
+    val_labels: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple:
-        return tuple(self.train_images.shape[1:])
+        return tuple(self.train_images.image_shape)
 
     @property
     def train_counts(self) -> np.ndarray:
         return np.bincount(self.train_labels, minlength=self.num_classes)
 
 
+# Per benchmark: classes, TFDS name and split names (None: no TFDS builder exists),
+# and the split lists of the literature for source=list.
+BENCHMARKS = {
+    "imagenet_lt": dict(num_classes=1000, tfds="imagenet_lt",
+                        tfds_splits={"train": "train", "val": "validation", "test": "test"},
+                        lists={"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt",
+                               "test": "ImageNet_LT_test.txt"}),
+    "places_lt": dict(num_classes=365, tfds=None, tfds_splits=None,
+                      lists={"train": "Places_LT_train.txt", "val": "Places_LT_val.txt",
+                             "test": "Places_LT_test.txt"}),
+    "inat2018": dict(num_classes=8142, tfds="i_naturalist2018",
+                     tfds_splits={"train": "train", "test": "validation"},
+                     lists={"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"}),
+}
+DATASETS = ("cifar100_lt", *BENCHMARKS)
+
+
 def load(config: ml_collections.ConfigDict) -> LongTailData:
     if config.dataset == "cifar100_lt":
         return load_cifar100_lt(config.data)
-    raise ValueError(
-        f"dataset {config.dataset!r} has no input pipeline in this version: only 'cifar100_lt' "
-        "can be trained so far (ImageNet-LT, Places-LT and iNaturalist 2018 need the grain "
-        "pipeline that is still to be written)")
+    if config.dataset in BENCHMARKS:
+        return load_streaming(config.dataset, config.data)
+    raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
 
 
 def load_cifar100_lt(data_config) -> LongTailData:
@@ -52,5 +78,38 @@ def load_cifar100_lt(data_config) -> LongTailData:
     note = ""
     if directory and "shared" in str(directory).split("/"):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
-    return LongTailData(train_images[keep], train_labels[keep], test_images, test_labels,
-                        cifar.NUM_CLASSES, note)
+    return LongTailData(InMemoryImages(train_images[keep]), train_labels[keep], InMemoryImages(test_images),
+                        test_labels, cifar.NUM_CLASSES, note)
+
+
+def make_source(name: str, split: str, data_config):
+    """The random-access source of one split of a 224-px benchmark."""
+    spec = BENCHMARKS[name]
+    if data_config.source == "tfds":
+        if spec["tfds"] is None:
+            raise ValueError(f"{name} has no TFDS builder: use --config.data.source=list with "
+                             f"--config.data.list_dir and --config.data.root (README, 'Datasets')")
+        return sources.TfdsSource(spec["tfds"], spec["tfds_splits"][split], data_config.tfds_data_dir)
+    if data_config.source == "list":
+        if not data_config.list_dir or not data_config.root:
+            raise ValueError(f"data.source=list needs --config.data.list_dir (the folder holding "
+                             f"{spec['lists'][split]}) and --config.data.root (the image folder)")
+        return sources.ListFolderSource(os.path.join(data_config.list_dir, spec["lists"][split]),
+                                        data_config.root, check_files=data_config.check_files)
+    raise ValueError(f"unknown data.source {data_config.source!r}; choose 'tfds' or 'list'")
+
+
+def load_streaming(name: str, data_config) -> LongTailData:
+    spec = BENCHMARKS[name]
+    splits = spec["tfds_splits"] or spec["lists"]
+    tables, labels = {}, {}
+    for split in splits:
+        source = make_source(name, split, data_config)
+        if len(source.labels) and source.labels.max() >= spec["num_classes"]:
+            raise ValueError(f"{source}: label {source.labels.max()} is out of range for "
+                             f"{spec['num_classes']} classes")
+        tables[split] = StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
+                                        workers=data_config.workers)
+        labels[split] = source.labels
+    return LongTailData(tables["train"], labels["train"], tables["test"], labels["test"], spec["num_classes"],
+                        val_images=tables.get("val"), val_labels=labels.get("val"))

@@ -1,0 +1,140 @@
+"""Random-access sources of (image, label) records for the 224-px benchmarks.
+
+Each source is a grain `RandomAccessDataSource` (`__len__`, `__getitem__`) whose
+records are `{"image": ..., "label": int}`, plus a `labels` array read once up
+front (the samplers need every label, not every image). The image is either
+encoded bytes (list-over-folder sources) or a decoded uint8 array (TFDS sources
+decode inside `__getitem__`); both are decoded in grain's worker processes, never
+in the training process, because the pipeline calls `source[i]` there.
+
+Sources:
+- `ListFolderSource`: the split lists that the long-tailed literature ships
+  (`ImageNet_LT_train.txt`, `Places_LT_val.txt`, `iNaturalist18_train.txt`; lines
+  `relative/path.jpg label`) over a folder of images.
+- `TfdsSource`: a prepared TFDS dataset (`imagenet_lt`, `i_naturalist2018`) through
+  `tfds.data_source`, which reads array_record files without TensorFlow.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+# Where each split list comes from, and its SHA-256 where a maintained project
+# publishes one (TFDS's url_checksums for imagenet_lt). Lists without a published
+# checksum are only checked for format and for the files they name.
+LIST_FILES = {
+    "ImageNet_LT_train.txt": "efdbdad4f050237c310b2f354cf95a8b1d7c8d57a63c4ea4bb6bf2bcb012f37f",
+    "ImageNet_LT_val.txt": "9af7ba688acf9532ff5845a8fb14a1e97fdc4c51ac48bc72c08ea9c3f7ff142e",
+    "ImageNet_LT_test.txt": None,
+    "Places_LT_train.txt": None,
+    "Places_LT_val.txt": None,
+    "Places_LT_test.txt": None,
+    "iNaturalist18_train.txt": None,
+    "iNaturalist18_val.txt": None,
+}
+LIST_SOURCE = ("the OLTR release (Liu et al., 2019; github.com/zhmiao/OpenLongTailRecognition-OLTR, "
+               "'Data' section), also mirrored by the decoupling code (github.com/facebookresearch/classifier-balancing)")
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_split_list(list_path: str, root: str, check_files: bool = True,
+                    verify_checksum: bool = True) -> tuple[list[str], np.ndarray]:
+    """Parses a `path label` split list; returns (absolute image paths, labels).
+
+    Every problem names the file and, where there is one, the line: a missing list
+    (with where to get it), a checksum that differs from the published one, a
+    malformed line, a negative label, or an image the list names that is not in `root`.
+    """
+    name = os.path.basename(list_path)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"split list {list_path} not found: download {name} from {LIST_SOURCE} "
+                                f"and pass its folder as --config.data.list_dir")
+    expected = LIST_FILES.get(name)
+    if verify_checksum and expected is not None:
+        actual = sha256_of(list_path)
+        if actual != expected:
+            raise ValueError(f"{list_path}: SHA-256 {actual} differs from the published {expected} "
+                             f"(TFDS url_checksums for {name}); the file is corrupt or another version")
+    paths, labels = [], []
+    with open(list_path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = text.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise ValueError(f"{list_path}:{line_number}: expected 'relative/path.jpg label', got {text!r}")
+            label = int(parts[1])
+            if label < 0:
+                raise ValueError(f"{list_path}:{line_number}: negative label {label}")
+            path = os.path.join(root, parts[0])
+            if check_files and not os.path.isfile(path):
+                raise FileNotFoundError(f"{list_path}:{line_number}: image {path} does not exist "
+                                        f"(is --config.data.root the folder the list's paths are relative to?)")
+            paths.append(path)
+            labels.append(label)
+    if not paths:
+        raise ValueError(f"{list_path}: the split list is empty")
+    return paths, np.asarray(labels, np.int64)
+
+
+class ListFolderSource:
+    """Records of a split list over an image folder; images stay encoded bytes."""
+
+    def __init__(self, list_path: str, root: str, check_files: bool = True, verify_checksum: bool = True):
+        self.list_path = list_path
+        self.paths, self.labels = read_split_list(list_path, root, check_files, verify_checksum)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.paths[index], "rb") as f:
+            return {"image": f.read(), "label": int(self.labels[index])}
+
+    def __repr__(self):
+        return f"ListFolderSource({self.list_path!r}, {len(self)} images)"
+
+
+class TfdsSource:
+    """Records of a prepared TFDS split, read with `tfds.data_source` (array_record, no TensorFlow)."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None):
+        import tensorflow_datasets as tfds  # Only the 224-px TFDS sources need it at import.
+        try:
+            self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:  # TFDS raises several types for "not prepared"; say what to run.
+            raise FileNotFoundError(
+                f"TFDS dataset {name} (split {split}) is not prepared in {data_dir or '~/tensorflow_datasets'}: "
+                f"see the README's 'Datasets' section for the one `tfds build` command") from e
+        self.name, self.split = name, split
+        self.labels = self._read_labels(tfds, data_dir)
+
+    def _read_labels(self, tfds, data_dir) -> np.ndarray:
+        """All labels in one pass that parses records without decoding their images."""
+        try:
+            raw = tfds.data_source(self.name, split=self.split, data_dir=data_dir, download=False,
+                                   deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
+            return np.asarray([int(raw[i]["label"]) for i in range(len(raw))], np.int64)
+        except ModuleNotFoundError:
+            # tfds.testing.mock_data serves only decoded examples (its raw path needs TensorFlow).
+            return np.asarray([int(self.source[i]["label"]) for i in range(len(self.source))], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.source[index]   # Decodes the image here, i.e. in the grain worker.
+        return {"image": np.asarray(record["image"]), "label": int(record["label"])}
+
+    def __repr__(self):
+        return f"TfdsSource({self.name!r}, {self.split!r}, {len(self)} images)"

@@ -1,0 +1,73 @@
+"""Split-list and TFDS sources: records, labels, and the errors a user meets first."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from asyncjax.data import sources, transforms
+from tests.helpers import write_jpeg_folder
+
+
+def test_list_source_reads_records(tmp_path):
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "Places_LT_train.txt")
+    source = sources.ListFolderSource(path, str(tmp_path / "images"))
+    assert len(source) == 12
+    np.testing.assert_array_equal(source.labels, np.arange(12) % 5)
+    record = source[7]
+    assert isinstance(record["image"], bytes) and record["label"] == 2
+    image = np.asarray(transforms.decode(record["image"]))
+    assert image.shape == (64, 48, 3) and image.dtype == np.uint8
+
+
+def _rewrite_line(path, number, text):
+    lines = open(path).read().splitlines()
+    lines[number - 1] = text
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "Places_LT_val.txt")
+    _rewrite_line(path, 4, "class_3/img_3.jpg three")
+    with pytest.raises(ValueError, match=r"Places_LT_val.txt:4: expected 'relative/path.jpg label'"):
+        sources.ListFolderSource(path, str(tmp_path / "images"))
+    _rewrite_line(path, 4, "class_3/img_3.jpg -3")
+    with pytest.raises(ValueError, match=r"Places_LT_val.txt:4: negative label"):
+        sources.ListFolderSource(path, str(tmp_path / "images"))
+
+
+def test_missing_image_and_missing_list(tmp_path):
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "iNaturalist18_train.txt")
+    os.remove(tmp_path / "images" / "class_1" / "img_6.jpg")
+    with pytest.raises(FileNotFoundError, match=r"iNaturalist18_train.txt:7: image .*img_6.jpg does not exist"):
+        sources.ListFolderSource(path, str(tmp_path / "images"))
+    with pytest.raises(FileNotFoundError, match=r"ImageNet_LT_test.txt not found.*OpenLongTailRecognition"):
+        sources.ListFolderSource(str(tmp_path / "lists" / "ImageNet_LT_test.txt"), str(tmp_path / "images"))
+
+
+def test_wrong_checksum_is_refused(tmp_path):
+    # ImageNet_LT_val.txt has a published SHA-256 (TFDS); a generated list cannot match it.
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "ImageNet_LT_val.txt")
+    with pytest.raises(ValueError, match=r"ImageNet_LT_val.txt: SHA-256 [0-9a-f]{64} differs from the published "
+                                         "9af7ba688acf"):
+        sources.ListFolderSource(path, str(tmp_path / "images"))
+    source = sources.ListFolderSource(path, str(tmp_path / "images"), verify_checksum=False)
+    assert len(source) == 12
+
+
+@pytest.mark.parametrize("name,split,num_classes", [("imagenet_lt", "validation", 1000),
+                                                    ("i_naturalist2018", "train", 8142)])
+def test_tfds_source_under_mock_data(name, split, num_classes):
+    with tfds.testing.mock_data(num_examples=7):
+        source = sources.TfdsSource(name, split)
+        assert len(source) == 7 and source.labels.shape == (7,)
+        assert ((source.labels >= 0) & (source.labels < num_classes)).all()
+        record = source[3]
+        assert record["label"] == source.labels[3]
+        assert record["image"].dtype == np.uint8 and record["image"].ndim == 3
+        assert transforms.eval_transform(record["image"]).shape == (224, 224, 3)
+
+
+def test_tfds_source_not_prepared_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not prepared in .*tfds build"):
+        sources.TfdsSource("imagenet_lt", "train", data_dir=str(tmp_path))
