@@ -7,10 +7,13 @@ Writes PNGs from a run's metrics.jsonl and results.json (needs matplotlib: the `
 - per_class.png: test accuracy of each class against its training count (log axis);
 - gradient_distortion.png (runs with diagnostics.gradient_distortion): the paper's Fig. 1,
   s(grad1, grad) and s(grad2, grad) (a, b), and the three gradient norms (c, d).
+On the root directory of `python -m asyncjax.reproduce --ablation=...` it writes
+ablation_<name>_<budget>.png for each ablation run there (the paper's Fig. 2 and 3).
 """
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import sys
@@ -122,14 +125,46 @@ def plot_gradient_distortion(plt, series, path):
     plt.close(fig)
 
 
+def plot_ablation(plt, ablation: dict, path):
+    """Overall / Many / Medium / Few (mean, std over seeds as error bars) against the ablated value."""
+    import numpy as np
+
+    rows = ablation["rows"]
+    x = [row["value"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, style in (("overall", "ko-"), ("many", "s--"), ("medium", "^--"), ("few", "v--")):
+        present = [[v for v in row[key] if v is not None] for row in rows]  # None: an empty shot group.
+        means = [np.mean(v) if v else np.nan for v in present]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
+        ax.errorbar(x, means, yerr=stds, fmt=style, capsize=3, label=key)
+    ax.set_xlabel(ablation["label"])
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"ablation: {ablation['ablation']} (IF {ablation['imbalance']}, budget {ablation['budget']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def make_plots(workdir: str, output: str | None = None, baseline: str | None = None) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     output = output or os.path.join(workdir, "plots")
-    os.makedirs(output, exist_ok=True)
+    ablations = sorted(glob.glob(os.path.join(workdir, "ablation_*.json")))
+    if ablations and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        os.makedirs(output, exist_ok=True)
+        written = []
+        for path in ablations:
+            with open(path) as f:
+                ablation = json.load(f)
+            name = os.path.basename(path)[:-len(".json")] + ".png"
+            plot_ablation(plt, ablation, os.path.join(output, name))
+            written.append(os.path.join(output, name))
+        return written
     series = read_metrics(workdir)
+    os.makedirs(output, exist_ok=True)
     written = []
     plot_curves(plt, series, os.path.join(output, "curves.png"))
     written.append("curves.png")

@@ -9,6 +9,16 @@ to every row, e.g. --config.data.cifar100_dir=PATH.
 
 Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 25
 (about an hour per async row on a 2-core CPU), full = 200 (the paper's).
+
+Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
+
+    python -m asyncjax.reproduce --ablation=memory_size --budget=short --workdir=DIR [--values=2,6,10]
+
+`memory_size` varies K (memory.per_class), `lambda` varies lambda_base
+(loss.retention_weight_base; 0 turns L_dis off), `split` varies C1
+(split.num_head_classes). Writes DIR/ablation_<name>_<budget>.md and .json;
+`python -m asyncjax.plot --workdir=DIR` draws them. The paper ran them on
+Places-LT; here they run on CIFAR-100-LT (or any config via the same flags).
 """
 from __future__ import annotations
 
@@ -25,7 +35,17 @@ flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below 
 flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
 flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
 flags.DEFINE_list("imbalance", ["50", "100", "200"], "Columns: CIFAR-100-LT imbalance factors.")
+flags.DEFINE_enum("ablation", "none", ["none", "memory_size", "lambda", "split"],
+                  "Run an ablation of the async method instead of the table.")
+flags.DEFINE_list("values", [], "Ablation values (default: the ablation's own list).")
 flags.mark_flag_as_required("workdir")
+
+# Ablation name -> (config key, default values, label); values parse as the key's type.
+ABLATIONS = {
+    "memory_size": ("memory.per_class", ["2", "6", "10", "14", "18"], "exemplars per head class K"),
+    "lambda": ("loss.retention_weight_base", ["0", "0.5", "1", "2", "4"], "lambda_base (lambda = lambda_base sqrt(C1/C2))"),
+    "split": ("split.num_head_classes", ["50", "60", "70", "80", "90"], "head classes C1"),
+}
 
 # Paper, Table 3 (METHOD.md): top-1 on CIFAR-100-LT with ResNet-32 at 200 epochs.
 PAPER = {
@@ -104,6 +124,39 @@ def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overri
                        f"Measured on: {note}." if note else "")
 
 
+def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: int, overrides) -> str:
+    """Async rows over the values of one ablation; a Markdown table and a JSON of the figures."""
+    from asyncjax import train
+
+    key, _, label = ABLATIONS[name]
+    rows, note = [], ""
+    for value in values:
+        results = []
+        for seed in range(seeds):
+            config = row_config("async", imbalance, seed, budget, [*overrides, f"--config.{key}={value}"])
+            row_dir = os.path.join(workdir, f"ablation_{name}_{value}_seed{seed}")
+            print(f"=== ablation {name} = {value}, IF {imbalance}, seed {seed}: {row_dir}", flush=True)
+            results.append(train.run(config, row_dir))
+            note = results[-1].get("data_note") or note
+        rows.append({"value": float(value), "seeds": seeds,
+                     **{k: [r[k] for r in results] for k in ("overall", "many", "medium", "few")}})
+    stem = os.path.join(workdir, f"ablation_{name}_{budget}")
+    lines = [f"# Ablation: {label} (async, CIFAR-100-LT IF {imbalance}), budget `{budget}`, {seeds} seed(s)", "",
+             f"Top-1 accuracy (%) of the final model on the test split. {note}", "",
+             f"| {key} | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['value']:g} | " + " | ".join(_mean_std(row[k]) for k in ("overall", "many", "medium", "few"))
+                     + " |")
+    text = "\n".join(lines) + "\n"
+    for path, content in ((stem + ".md", text),
+                          (stem + ".json", json.dumps({"ablation": name, "key": key, "label": label,
+                                                       "budget": budget, "imbalance": imbalance, "rows": rows}))):
+        with open(path + ".tmp", "w") as f:
+            f.write(content)
+        os.replace(path + ".tmp", path)
+    return text
+
+
 def main(argv, overrides=()):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -115,8 +168,14 @@ def main(argv, overrides=()):
     if unknown:
         sys.exit(f"error: unknown methods {unknown}; choose from {train.METHODS}")
     try:
-        table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
-                          [int(i) for i in FLAGS.imbalance], list(overrides))
+        if FLAGS.ablation != "none":
+            values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
+            imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100
+            table = ablate(FLAGS.workdir, FLAGS.ablation, values, FLAGS.budget, FLAGS.seeds, imbalance,
+                           list(overrides))
+        else:
+            table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
+                              [int(i) for i in FLAGS.imbalance], list(overrides))
     except train.Interrupted as e:
         sys.exit(f"{e}")
     except (ValueError, FileNotFoundError, train.TrainingDiverged) as e:

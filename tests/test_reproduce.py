@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import numpy as np
+
 from tests import helpers
 
 
@@ -22,3 +24,22 @@ def test_reproduce_smoke_table(tmp_path):
                            timeout=300)
     assert again.returncode == 0 and again.stdout.count("is complete") == 4
     assert (tmp_path / "rep" / "cifar100_lt_smoke.md").read_text() == table
+
+
+def test_ablation_smoke_table_and_plot(tmp_path):
+    data = helpers.write_tiny_cifar(tmp_path / "data")
+    root = tmp_path / "ablation"
+    command = [sys.executable, "-m", "asyncjax.reproduce", "--budget=smoke", f"--workdir={root}",
+               "--ablation=memory_size", "--values=2,4", "--imbalance=10", f"--config.data.cifar100_dir={data}",
+               *[a for a in helpers.TINY if "imbalance" not in a and "per_class" not in a]]
+    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (root / "ablation_memory_size_smoke.md").read_text()
+    assert "| memory.per_class |" in table and "| 2 |" in table and "| 4 |" in table
+    banks = [np.load(root / f"ablation_memory_size_{k}_seed0" / "memory_bank.npz")["bank"] for k in (2, 4)]
+    assert banks[0].shape[1] == 2 and banks[1].shape[1] == 4  # The ablated value reached the run.
+    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
+                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert (root / "plots" / "ablation_memory_size_smoke.png").stat().st_size > 1000
