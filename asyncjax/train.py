@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from asyncjax import (augment, baselines, checkpointing, evaluate, losses, memory, optim, pretrained, sharding,
                       steps)
 from asyncjax.data import datasets, longtail
+from asyncjax.data.pipeline import InMemoryImages
 from asyncjax.data.sampling import EpochSampler
 from asyncjax.models import make_backbone, make_model
 from asyncjax.reporting import Reporter
@@ -132,6 +133,24 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _scanned_steps(step, batch_extras, batch_sharding):
+    """(state, *extra, images, labels, positions [S, B], rng) -> (state, metrics summed over S):
+    S train steps in one lax.scan, each gathering its global batch from device-resident data."""
+    def multi_step(state, *args):
+        *extra, images, labels, positions, rng = args
+
+        def body(state, batch_positions):
+            batch = {"images": images[batch_positions], "labels": labels[batch_positions]}
+            if batch_extras is not None:
+                batch.update(batch_extras(None, batch["labels"]))
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            return step(state, *extra, batch, rng)
+
+        state, metrics = jax.lax.scan(body, state, positions)
+        return state, jax.tree.map(lambda m: m.sum(axis=0), metrics)
+    return multi_step
 
 
 class Trainer:
@@ -268,6 +287,20 @@ class Trainer:
                              in_shardings=(state_shardings, *extra_shardings, batch_sh, replicated),
                              out_shardings=(state_shardings, replicated), donate_argnums=0)
         rng = jax.random.fold_in(self.rng, PHASE_IDS[name])
+        per_dispatch = config.steps_per_dispatch
+        resident = per_dispatch > 1 and isinstance(self.data.train_images, InMemoryImages)
+        if resident:
+            # Device-resident path: the phase's uint8 images and labels live on the devices, each
+            # dispatch gathers its batches there and runs several steps in one lax.scan.
+            device_images = jax.device_put(self.data.train_images.images[rows], replicated)
+            device_labels = jax.device_put(labels, replicated)
+            multi_step = jax.jit(
+                _scanned_steps(make_step(model, tx, schedule, sampler.steps_per_epoch), batch_extras, batch_sh),
+                in_shardings=(state_shardings, *extra_shardings, replicated, replicated, replicated, replicated),
+                out_shardings=(state_shardings, replicated), donate_argnums=0)
+        if resident:
+            self.reporter.info(f"{name}: {len(rows)} images resident on the devices, up to {per_dispatch} "
+                               "steps per dispatch")
         started = time.time()
         last_log_time, last_log_step = time.time(), int(state.step)
         summed = None
@@ -286,18 +319,28 @@ class Trainer:
             return zip(positions, images)
 
         batches = None
+        step_number = int(state.step)
         try:
-            for step_number in range(int(state.step), total):
+            while step_number < total:
                 epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
-                if batches is None or step_in_epoch == 0:
-                    batches = epoch_batches(epoch, step_in_epoch)
-                positions, images = next(batches)
-                local = {"images": images, "labels": labels[positions]}
-                if batch_extras is not None:
-                    local.update(batch_extras(rows[positions], labels[positions]))
-                state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
+                if resident:
+                    # Up to per_dispatch steps, never across an epoch end, a log line or a checkpoint.
+                    count = min(per_dispatch, sampler.steps_per_epoch - step_in_epoch, total - step_number,
+                                *(k - step_number % k for k in (config.log_every_steps, config.checkpoint_every_steps)))
+                    positions = np.stack([sampler.batch(epoch, step_in_epoch + i) for i in range(count)])
+                    state, metrics = multi_step(state, *extra_inputs, device_images, device_labels, positions, rng)
+                else:
+                    count = 1
+                    if batches is None or step_in_epoch == 0:
+                        batches = epoch_batches(epoch, step_in_epoch)
+                    positions, images = next(batches)
+                    local = {"images": images, "labels": labels[positions]}
+                    if batch_extras is not None:
+                        local.update(batch_extras(rows[positions], labels[positions]))
+                    state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
                 summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-                done = step_number + 1
+                done = step_number + count
+                step_number = done
                 end_of_epoch = done % sampler.steps_per_epoch == 0
                 if done % config.log_every_steps == 0 or done == total or self.stop.signal:
                     count = done - last_log_step

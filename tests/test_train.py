@@ -83,6 +83,22 @@ def test_smoke_run_on_real_cifar100_lt(tmp_path, cifar100_dir, method):
     assert again.returncode == 0 and "is complete" in again.stdout
 
 
+def test_device_resident_scan_matches_step_by_step(tmp_path, tiny_cifar):
+    """steps_per_dispatch > 1 (images on the devices, lax.scan) trains the same model as one step per dispatch."""
+    exported = []
+    for per_dispatch in (1, 3):
+        workdir = tmp_path / f"dispatch{per_dispatch}"
+        result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, "--config.log_every_steps=3",
+                                  "--config.checkpoint_every_steps=3", f"--config.steps_per_dispatch={per_dispatch}",
+                                  devices=2)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "phase2 epoch 2/2 step 6/6" in result.stdout
+        assert ("resident on the devices" in result.stdout) == (per_dispatch > 1)
+        exported.append(helpers.export(workdir, tmp_path / f"dispatch{per_dispatch}.npz"))
+    for name in exported[0]:
+        np.testing.assert_allclose(exported[1][name], exported[0][name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
 def test_one_device_and_eight_devices_agree():
     """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model)."""
     outputs = []
