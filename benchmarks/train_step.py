@@ -27,6 +27,8 @@ parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32
 parser.add_argument("--image_size", type=int, default=0, help="default: 32 (resnet32), 224 (resnet50)")
 parser.add_argument("--peak_tflops", type=float, default=0.0,
                     help="the device's peak TFLOP/s for --dtype, to report model FLOP utilisation")
+parser.add_argument("--also", default="", help="comma-separated JAX variants timed in the same rounds, for "
+                    "the levers table: noaug (no on-device augmentation), linear (linear head), bf16")
 parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--warmup", type=int, default=2)
@@ -50,14 +52,17 @@ SIZE = args.image_size or (32 if CIFAR else 224)
 FLOPS = {"per_step": 0.0}
 
 
-def jax_step():
-    """The trainer's step for this phase, jitted with its shardings; returns run(n) -> seconds."""
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+def jax_step(variant: str = ""):
+    """The trainer's step for this phase, jitted with its shardings; returns run(n) -> seconds.
+    `variant` changes one thing (see --also)."""
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" or variant == "bf16" else jnp.float32
     recipe = config_utils.phase_recipe(epochs=1, batch_size=args.batch, base_lr=0.1,
                                        base_batch_size=args.batch, schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 1000)
-    model = make_model(args.model, "cosine", NUM_CLASSES, dtype=dtype)
+    model = make_model(args.model, "linear" if variant == "linear" else "cosine", NUM_CLASSES, dtype=dtype)
     preprocess = augment.cifar_train if CIFAR else augment.get_preprocess("imagenet_lt")[0]
+    if variant == "noaug":
+        preprocess = augment.get_preprocess("cifar100_lt" if CIFAR else "imagenet_lt")[1]
     mesh = sharding.make_mesh(1)
     rng = np.random.default_rng(0)
     local = {"images": rng.integers(0, 256, (args.batch, SIZE, SIZE, 3)).astype(np.uint8),
@@ -90,7 +95,8 @@ def jax_step():
         cost = fn.lower(state, *extra, sharding.global_batch(local, mesh), key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         # The count is of one device's program (its share of the batch): scale to the whole step.
-        FLOPS["per_step"] = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
+        if not variant:
+            FLOPS["per_step"] = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
 
         def run(n):
             start = time.perf_counter()
@@ -126,6 +132,8 @@ def torch_step():
 
 def main():
     runners = {"jax": jax_step()}
+    for variant in filter(None, args.also.split(",")):
+        runners[f"jax_{variant}"] = jax_step(variant)
     if args.torch != "none":
         runners["torch"] = torch_step()
     for run in runners.values():
@@ -141,6 +149,9 @@ def main():
               "jax_gflop_per_image": FLOPS["per_step"] / args.batch / 1e9}
     if args.peak_tflops:
         result["jax_mfu"] = result["jax_img_s"] * FLOPS["per_step"] / args.batch / (args.peak_tflops * 1e12)
+    for name in rates:
+        if name.startswith("jax_"):
+            result[f"{name}_img_s"] = statistics.median(rates[name])
     if "torch" in rates:
         result.update(torch_img_s=statistics.median(rates["torch"]),
                       torch_all=[round(r, 1) for r in rates["torch"]],
