@@ -88,6 +88,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"phase2_init must be 'random' or 'imprint', got {config.phase2_init!r}")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+    if config.steps_per_dispatch < 1:
+        raise ValueError(f"steps_per_dispatch must be >= 1, got {config.steps_per_dispatch}")
+    if config.data.workers < 0:
+        raise ValueError(f"data.workers must be >= 0, got {config.data.workers}")
+    if config.data.source not in ("tfds", "list"):
+        raise ValueError(f"data.source must be 'tfds' or 'list', got {config.data.source!r}")
 
 
 def _atomic_write_json(path: str, payload: dict) -> None:
@@ -292,13 +298,13 @@ class Trainer:
         if resident:
             # Device-resident path: the phase's uint8 images and labels live on the devices, each
             # dispatch gathers its batches there and runs several steps in one lax.scan.
-            device_images = jax.device_put(self.data.train_images.images[rows], replicated)
-            device_labels = jax.device_put(labels, replicated)
+            # Every process holds all of them (CIFAR: tens of MB), so each builds the replicated array.
+            replicate = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
+            device_images, device_labels = replicate(self.data.train_images.images[rows]), replicate(labels)
             multi_step = jax.jit(
                 _scanned_steps(make_step(model, tx, schedule, sampler.steps_per_epoch), batch_extras, batch_sh),
                 in_shardings=(state_shardings, *extra_shardings, replicated, replicated, replicated, replicated),
                 out_shardings=(state_shardings, replicated), donate_argnums=0)
-        if resident:
             self.reporter.info(f"{name}: {len(rows)} images resident on the devices, up to {per_dispatch} "
                                "steps per dispatch")
         started = time.time()
@@ -328,7 +334,8 @@ class Trainer:
                     count = min(per_dispatch, sampler.steps_per_epoch - step_in_epoch, total - step_number,
                                 *(k - step_number % k for k in (config.log_every_steps, config.checkpoint_every_steps)))
                     positions = np.stack([sampler.batch(epoch, step_in_epoch + i) for i in range(count)])
-                    state, metrics = multi_step(state, *extra_inputs, device_images, device_labels, positions, rng)
+                    state, metrics = multi_step(state, *extra_inputs, device_images, device_labels,
+                                                replicate(positions), rng)
                 else:
                     count = 1
                     if batches is None or step_in_epoch == 0:

@@ -112,6 +112,7 @@ def _snapshot(path: pathlib.Path):
     (["--config.split.num_head_classes=100"], r"no tail classes \(C1 = 100 of 100\)"),
     (["--config.split.num_head_classes=0", "--config.data.max_count=19"], r"no head classes \(C1 = 0 of 100\)"),
     (["--config.memory.per_class=0"], r"memory.per_class must be >= 1, got 0"),
+    (["--config.steps_per_dispatch=0"], r"steps_per_dispatch must be >= 1, got 0"),
     (["--config.data.cifar100_dir=/nonexistent/cifar"], r"CIFAR-100 directory '/nonexistent/cifar' does not exist"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterrupted, extra, message):
