@@ -12,15 +12,20 @@ refuses anything but tensors.
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Source of the weights.")
-flags.DEFINE_string("input", None, "torchvision state dict (.pth/.pt).")
-flags.DEFINE_string("output", None, "Output .npz (export format).")
-flags.mark_flags_as_required(["input", "output"])
+
+def define_flags():
+    """The command line's flags; defined only when run as a program, so that importing the
+    conversion functions (tests, notebooks) never clashes with another tool's flags."""
+    flags.DEFINE_enum("from", "torchvision", ["torchvision"], "Source of the weights.")
+    flags.DEFINE_string("input", None, "torchvision state dict (.pth/.pt).")
+    flags.DEFINE_string("output", None, "Output .npz (export format).")
+    flags.mark_flags_as_required(["input", "output"])
 
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
@@ -67,10 +72,14 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def main(argv):
     del argv
+    output = flags.FLAGS.output
     flat = torchvision_to_flat(load_torch_state_dict(flags.FLAGS.input))
-    np.savez(flags.FLAGS.output, **flat)
-    print(f"wrote {len(flat)} arrays to {flags.FLAGS.output}")
+    tmp = output + ".tmp.npz"  # np.savez appends .npz to a name without it.
+    np.savez(tmp, **flat)
+    os.replace(tmp, output)
+    print(f"wrote {len(flat)} arrays to {output}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

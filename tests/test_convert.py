@@ -133,3 +133,20 @@ def test_archive_of_another_depth_is_refused(tmp_path):
 def test_not_a_resnet_is_refused():
     with pytest.raises(ValueError, match="unexpected tensor"):
         convert.torchvision_to_flat({"conv1.weight": np.zeros((4, 3, 3, 3)), "head.proj": np.zeros((3, 3))})
+
+
+def test_command_line_writes_the_archive(tmp_path):
+    """`python -m asyncjax.convert` end to end (a tiny torchvision-named ResNet-10)."""
+    import subprocess
+    import sys
+
+    from tests import helpers
+
+    torch.save(_randomise(TorchResNet(BasicBlock, (1, 1, 1, 1)), seed=1).state_dict(), tmp_path / "r10.pth")
+    result = subprocess.run([sys.executable, "-m", "asyncjax.convert", "--from=torchvision",
+                             f"--input={tmp_path / 'r10.pth'}", f"--output={tmp_path / 'r10.npz'}"],
+                            cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "r10.npz", allow_pickle=False) as archive:
+        assert archive["params/backbone/layer2_0/downsample_conv/kernel"].shape == (1, 1, 64, 128)
+        assert "batch_stats/backbone/bn1/var" in archive.files
