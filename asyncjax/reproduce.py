@@ -99,45 +99,48 @@ def write_table(rows: dict, budget: str, seeds: int, path: str, note: str) -> st
                      f"{_mean_std([r['many'] for r in results])} | {_mean_std([r['medium'] for r in results])} | "
                      f"{_mean_std([r['few'] for r in results])} | {paper if paper else '-'} | {minutes:.1f} |")
     text = "\n".join(lines) + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _write_atomically(path, text)
     return text
 
 
-def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides) -> str:
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, row_dir: str, title: str):
+    """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note."""
     from asyncjax import train
 
+    results = []
+    for seed in range(seeds):
+        config = row_config(method, imbalance, seed, budget, overrides)
+        directory = f"{row_dir}_seed{seed}"
+        print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
+        results.append(train.run(config, directory))
+    return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
+
+
+def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides) -> str:
     rows, note = {}, ""
     for imbalance in imbalances:
         for method in methods:
-            results = []
-            for seed in range(seeds):
-                config = row_config(method, imbalance, seed, budget, overrides)
-                row_dir = os.path.join(workdir, f"{method}_if{imbalance}_seed{seed}")
-                print(f"=== {method}, IF {imbalance}, seed {seed}: {row_dir}", flush=True)
-                results.append(train.run(config, row_dir))
-                note = results[-1].get("data_note") or note
-            rows[(method, imbalance)] = results
+            rows[(method, imbalance)], row_note = _run_seeds(
+                method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method)
+            note = row_note or note
     return write_table(rows, budget, seeds, os.path.join(workdir, f"cifar100_lt_{budget}.md"),
                        f"Measured on: {note}." if note else "")
 
 
 def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: int, overrides) -> str:
     """Async rows over the values of one ablation; a Markdown table and a JSON of the figures."""
-    from asyncjax import train
-
     key, _, label = ABLATIONS[name]
     rows, note = [], ""
     for value in values:
-        results = []
-        for seed in range(seeds):
-            config = row_config("async", imbalance, seed, budget, [*overrides, f"--config.{key}={value}"])
-            row_dir = os.path.join(workdir, f"ablation_{name}_{value}_seed{seed}")
-            print(f"=== ablation {name} = {value}, IF {imbalance}, seed {seed}: {row_dir}", flush=True)
-            results.append(train.run(config, row_dir))
-            note = results[-1].get("data_note") or note
+        results, row_note = _run_seeds("async", imbalance, seeds, budget, [*overrides, f"--config.{key}={value}"],
+                                       os.path.join(workdir, f"ablation_{name}_{value}"), f"ablation {name} = {value}")
+        note = row_note or note
         rows.append({"value": float(value), "seeds": seeds,
                      **{k: [r[k] for r in results] for k in ("overall", "many", "medium", "few")}})
     stem = os.path.join(workdir, f"ablation_{name}_{budget}")
@@ -148,12 +151,9 @@ def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: 
         lines.append(f"| {row['value']:g} | " + " | ".join(_mean_std(row[k]) for k in ("overall", "many", "medium", "few"))
                      + " |")
     text = "\n".join(lines) + "\n"
-    for path, content in ((stem + ".md", text),
-                          (stem + ".json", json.dumps({"ablation": name, "key": key, "label": label,
-                                                       "budget": budget, "imbalance": imbalance, "rows": rows}))):
-        with open(path + ".tmp", "w") as f:
-            f.write(content)
-        os.replace(path + ".tmp", path)
+    _write_atomically(stem + ".md", text)
+    _write_atomically(stem + ".json", json.dumps({"ablation": name, "key": key, "label": label, "budget": budget,
+                                                  "imbalance": imbalance, "rows": rows}))
     return text
 
 

@@ -90,10 +90,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     if config.steps_per_dispatch < 1:
         raise ValueError(f"steps_per_dispatch must be >= 1, got {config.steps_per_dispatch}")
-    if config.data.workers < 0:
-        raise ValueError(f"data.workers must be >= 0, got {config.data.workers}")
-    if config.data.source not in ("tfds", "list"):
-        raise ValueError(f"data.source must be 'tfds' or 'list', got {config.data.source!r}")
 
 
 def _atomic_write_json(path: str, payload: dict) -> None:
@@ -331,13 +327,14 @@ class Trainer:
                 epoch, step_in_epoch = divmod(step_number, sampler.steps_per_epoch)
                 if resident:
                     # Up to per_dispatch steps, never across an epoch end, a log line or a checkpoint.
-                    count = min(per_dispatch, sampler.steps_per_epoch - step_in_epoch, total - step_number,
-                                *(k - step_number % k for k in (config.log_every_steps, config.checkpoint_every_steps)))
-                    positions = np.stack([sampler.batch(epoch, step_in_epoch + i) for i in range(count)])
+                    steps_now = min(per_dispatch, sampler.steps_per_epoch - step_in_epoch, total - step_number,
+                                    *(k - step_number % k for k in (config.log_every_steps,
+                                                                    config.checkpoint_every_steps)))
+                    positions = np.stack([sampler.batch(epoch, step_in_epoch + i) for i in range(steps_now)])
                     state, metrics = multi_step(state, *extra_inputs, device_images, device_labels,
                                                 replicate(positions), rng)
                 else:
-                    count = 1
+                    steps_now = 1
                     if batches is None or step_in_epoch == 0:
                         batches = epoch_batches(epoch, step_in_epoch)
                     positions, images = next(batches)
@@ -346,7 +343,7 @@ class Trainer:
                         local.update(batch_extras(rows[positions], labels[positions]))
                     state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
                 summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-                done = step_number + count
+                done = step_number + steps_now
                 step_number = done
                 end_of_epoch = done % sampler.steps_per_epoch == 0
                 if done % config.log_every_steps == 0 or done == total or self.stop.signal:

@@ -80,10 +80,6 @@ class StreamingImages:
         return len(self.source)
 
     @property
-    def labels(self) -> np.ndarray:
-        return self.source.labels
-
-    @property
     def image_shape(self) -> tuple:
         return (self.size, self.size, 3)
 
