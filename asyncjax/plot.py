@@ -7,8 +7,10 @@ Writes PNGs from a run's metrics.jsonl and results.json (needs matplotlib: the `
 - per_class.png: test accuracy of each class against its training count (log axis);
 - gradient_distortion.png (runs with diagnostics.gradient_distortion): the paper's Fig. 1,
   s(grad1, grad) and s(grad2, grad) (a, b), and the three gradient norms (c, d).
-On the root directory of `python -m asyncjax.reproduce --ablation=...` it writes
-ablation_<name>_<budget>.png for each ablation run there (the paper's Fig. 2 and 3).
+On the root directory of `python -m asyncjax.reproduce` it writes cifar100_lt_<budget>.png
+(the table's rows: overall / Many / Medium / Few, mean and std over seeds, the paper's overall
+marked) and, after `--ablation=...`, ablation_<name>_<budget>.png for each ablation run there
+(the paper's Fig. 2 and 3).
 """
 from __future__ import annotations
 
@@ -146,6 +148,34 @@ def plot_ablation(plt, ablation: dict, path):
     plt.close(fig)
 
 
+def plot_table(plt, table: dict, path):
+    """The reproduction table as bars: per method and imbalance, overall / Many / Medium / Few
+    (mean over seeds, std as error bars), and the paper's overall as a marker."""
+    import numpy as np
+
+    groups = ("overall", "many", "medium", "few")
+    rows = table["rows"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(groups) * max(1, len(rows)) / 3, 3.8))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        present = [[v for v in row[g] if v is not None] for g in groups]
+        means = [np.mean(v) if v else 0.0 for v in present]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
+        x = [g + i * width for g in range(len(groups))]
+        bars = ax.bar(x, means, width, yerr=stds, capsize=3, label=f"{row['method']} (IF {row['imbalance']})")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        if row.get("paper"):
+            ax.plot([x[0]], [row["paper"]], "k_", markersize=14, markeredgewidth=2)
+    ax.plot([], [], "k_", markersize=14, markeredgewidth=2, label="paper, 200 epochs")
+    ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"CIFAR-100-LT, budget {table['budget']}, {table['seeds']} seed(s); mean ± std", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def make_plots(workdir: str, output: str | None = None, baseline: str | None = None) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -153,14 +183,15 @@ def make_plots(workdir: str, output: str | None = None, baseline: str | None = N
 
     output = output or os.path.join(workdir, "plots")
     ablations = sorted(glob.glob(os.path.join(workdir, "ablation_*.json")))
-    if ablations and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    tables = sorted(glob.glob(os.path.join(workdir, "cifar100_lt_*.json")))
+    if (ablations or tables) and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.makedirs(output, exist_ok=True)
         written = []
-        for path in ablations:
+        for path in ablations + tables:
             with open(path) as f:
-                ablation = json.load(f)
+                figures = json.load(f)
             name = os.path.basename(path)[:-len(".json")] + ".png"
-            plot_ablation(plt, ablation, os.path.join(output, name))
+            (plot_table if path in tables else plot_ablation)(plt, figures, os.path.join(output, name))
             written.append(os.path.join(output, name))
         return written
     series = read_metrics(workdir)

@@ -47,21 +47,25 @@ done
 
 left() { echo $(( budget - ($(date +%s) - start) )); }
 
-# 1) Train steps: (model, batch, image size, phase).
+# 1) Train steps: (model, batch, image size, phase, JAX variants timed in the same rounds).
+# scan,unrolled: the device-resident path, --dispatch steps per call, as a loop and unrolled;
+# phase1: phase I's step beside phase II's (goal: phase II <= 1.5x phase I's time).
 if [[ $dry_run -eq 1 ]]; then
-  configs=("resnet32 8 32 1" "resnet32 8 32 2" "resnet50 4 64 1")
-  timing=(--rounds=1 --steps=1 --warmup=1)
+  configs=("resnet32 8 32 1 scan,unrolled" "resnet32 8 32 2 phase1" "resnet50 4 64 1 -")
+  timing=(--rounds=1 --steps=1 --warmup=1 --dispatch=1)
 else
-  configs=("resnet32 64 32 1" "resnet32 512 32 1" "resnet32 512 32 2" "resnet50 256 224 1")
-  timing=(--rounds=5 --steps=10 --warmup=3)
+  configs=("resnet32 64 32 1 scan,unrolled" "resnet32 512 32 1 -" "resnet32 512 32 2 phase1"
+           "resnet50 256 224 1 -")
+  timing=(--rounds=5 --steps=10 --warmup=3 --dispatch=10)
 fi
 : > "$out/train_step.jsonl"
 for config in "${configs[@]}"; do
-  read -r model batch size phase <<< "$config"
+  read -r model batch size phase also <<< "$config"
+  [[ $also == - ]] && also=""
   for dtype in float32 bfloat16; do
     [[ $model == resnet50 && $dtype == float32 ]] && continue
     "$python" benchmarks/train_step.py --model="$model" --batch="$batch" --image_size="$size" --phase="$phase" \
-      --dtype="$dtype" --torch=channels_last --peak_tflops="$peak_tflops" "${timing[@]}" \
+      --dtype="$dtype" --torch=channels_last --peak_tflops="$peak_tflops" --also="$also" "${timing[@]}" \
       2> "$out/train_step_${model}_${batch}_${phase}_${dtype}.log" | tail -n 1 >> "$out/train_step.jsonl" \
       || echo "{\"model\": \"$model\", \"batch\": $batch, \"phase\": $phase, \"dtype\": \"$dtype\", \"failed\": true}" \
          >> "$out/train_step.jsonl"
@@ -106,6 +110,9 @@ for line in open(os.path.join(out, "train_step.jsonl")):
     print(f"{r['model']:9} {r['batch']:5} {r['phase']:5} {r['dtype']:9} {r['jax_img_s']:9.1f} "
           f"{r.get('torch_img_s', float('nan')):12.1f} {r.get('ratio', float('nan')):6.2f} "
           f"{r['jax_gflop_per_image']:9.2f} {r.get('jax_mfu', float('nan')):5.3f}")
+    variants = {k[4:-6]: v for k, v in r.items() if k.startswith("jax_") and k.endswith("_img_s") and k != "jax_img_s"}
+    if variants:
+        print("    same rounds: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in variants.items()))
 for method in runs:
     path = os.path.join(out, f"cifar100_lt_if100_{method}", "results.json")
     if os.path.exists(path):

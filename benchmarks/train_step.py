@@ -28,7 +28,11 @@ parser.add_argument("--image_size", type=int, default=0, help="default: 32 (resn
 parser.add_argument("--peak_tflops", type=float, default=0.0,
                     help="the device's peak TFLOP/s for --dtype, to report model FLOP utilisation")
 parser.add_argument("--also", default="", help="comma-separated JAX variants timed in the same rounds, for "
-                    "the levers table: noaug (no on-device augmentation), linear (linear head), bf16")
+                    "the levers table: noaug (no on-device augmentation), linear (linear head), bf16, "
+                    "phase1 (with --phase=2: the phase-I step, and PyTorch's, to price phase II), "
+                    "scan / unrolled (the trainer's device-resident path: --dispatch steps per call in a "
+                    "lax.scan loop / unrolled)")
+parser.add_argument("--dispatch", type=int, default=5, help="steps per call of the scan / unrolled variants")
 parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--warmup", type=int, default=2)
@@ -56,6 +60,7 @@ def jax_step(variant: str = ""):
     """The trainer's step for this phase, jitted with its shardings; returns run(n) -> seconds.
     `variant` changes one thing (see --also)."""
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" or variant == "bf16" else jnp.float32
+    phase = 1 if variant == "phase1" else args.phase
     recipe = config_utils.phase_recipe(epochs=1, batch_size=args.batch, base_lr=0.1,
                                        base_batch_size=args.batch, schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 1000)
@@ -73,24 +78,25 @@ def jax_step(variant: str = ""):
         shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
         state = jax.jit(init, out_shardings=shardings)()
         batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        if args.phase == 1:
-            fn = jax.jit(steps.make_classification_step(model, tx, schedule, preprocess),
-                         in_shardings=(shardings, batch_sh, replicated),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
-            extra = ()
+        if phase == 1:
+            step = steps.make_classification_step(model, tx, schedule, preprocess)
+            extra, extra_shardings = (), ()
         else:
             loss_config = ml_collections.ConfigDict(dict(
                 retention_temperature=1.0, retention_normalize=True, retention_reduction="mean",
                 intra_margin=0.5, intra_top_k=2))
             old = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
-            fn = jax.jit(steps.make_phase2_step(model, make_backbone(args.model, dtype), tx, schedule, preprocess,
-                                                num_head=NUM_OLD, retention_weight=1.5, loss_config=loss_config),
-                         in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, old), batch_sh, replicated),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
-            extra = (old,)
+            step = steps.make_phase2_step(model, make_backbone(args.model, dtype), tx, schedule, preprocess,
+                                          num_head=NUM_OLD, retention_weight=1.5, loss_config=loss_config)
+            extra, extra_shardings = (old,), (jax.tree.map(lambda x: x.sharding, old),)
         key = jax.random.key(1)
         holder = {"state": state}
+        if variant in ("scan", "unrolled"):
+            return resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, replicated, key,
+                                   unroll=variant == "unrolled")
+        fn = jax.jit(step, in_shardings=(shardings, *extra_shardings, batch_sh, replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=0)
         # XLA's own count of the step's floating-point operations (forward, backward, update).
         cost = fn.lower(state, *extra, sharding.global_batch(local, mesh), key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -108,13 +114,40 @@ def jax_step(variant: str = ""):
         return run
 
 
-def torch_step():
+def resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, replicated, key, unroll):
+    """The trainer's device-resident path (train._scanned_steps): --dispatch steps per call,
+    each gathering its batch from uint8 images held on the devices; run(n) takes n steps."""
+    from asyncjax import train
+    if args.steps % args.dispatch:
+        sys.exit("--steps must be a multiple of --dispatch")
+    rng = np.random.default_rng(1)
+    pool = 8 * args.batch
+    images = jax.device_put(rng.integers(0, 256, (pool, SIZE, SIZE, 3)).astype(np.uint8), replicated)
+    labels = jax.device_put(rng.integers(0, NUM_CLASSES, pool).astype(np.int32), replicated)
+    positions = jax.device_put(rng.integers(0, pool, (args.dispatch, args.batch)).astype(np.int32), replicated)
+    extras = None if args.phase == 1 else (lambda rows, y: {"is_memory": (y < NUM_OLD).astype(jnp.float32)})
+    fn = jax.jit(train._scanned_steps(step, extras, batch_sh, unroll=unroll),
+                 in_shardings=(shardings, *extra_shardings, replicated, replicated, replicated, replicated),
+                 out_shardings=(shardings, replicated), donate_argnums=0)
+    holder = {"state": state}
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(-(-n // args.dispatch)):  # The untimed warm-up rounds up to whole calls.
+            holder["state"], metrics = fn(holder["state"], *extra, images, labels, positions, key)
+        jax.block_until_ready((holder["state"], metrics))
+        return time.perf_counter() - start
+
+    return run
+
+
+def torch_step(phase=None):
     import torch
     from benchmarks import torch_reference
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    step = torch_reference.TrainStep(args.model, NUM_CLASSES, args.phase, args.torch, NUM_OLD, device=device,
+    step = torch_reference.TrainStep(args.model, NUM_CLASSES, phase or args.phase, args.torch, NUM_OLD, device=device,
                                      amp=args.dtype == "bfloat16")
     images = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (args.batch,))
@@ -136,6 +169,8 @@ def main():
         runners[f"jax_{variant}"] = jax_step(variant)
     if args.torch != "none":
         runners["torch"] = torch_step()
+        if "phase1" in args.also.split(","):
+            runners["torch_phase1"] = torch_step(phase=1)
     for run in runners.values():
         run(args.warmup)  # Compilation and allocator warm-up, not timed.
     rates = {name: [] for name in runners}
@@ -152,6 +187,11 @@ def main():
     for name in rates:
         if name.startswith("jax_"):
             result[f"{name}_img_s"] = statistics.median(rates[name])
+    if "jax_phase1" in rates:  # Phase II's step time in units of phase I's (goal: <= 1.5).
+        result["jax_phase2_over_phase1_time"] = result["jax_phase1_img_s"] / result["jax_img_s"]
+    if "torch_phase1" in rates:
+        result["torch_phase1_img_s"] = statistics.median(rates["torch_phase1"])
+        result["torch_phase2_over_phase1_time"] = result["torch_phase1_img_s"] / statistics.median(rates["torch"])
     if "torch" in rates:
         result.update(torch_img_s=statistics.median(rates["torch"]),
                       torch_all=[round(r, 1) for r in rates["torch"]],

@@ -1,4 +1,5 @@
 """The reproduction harness end to end at the smoke budget (tiny data, 2 seeds), and its resume."""
+import json
 import subprocess
 import sys
 
@@ -24,6 +25,14 @@ def test_reproduce_smoke_table(tmp_path):
                            timeout=300)
     assert again.returncode == 0 and again.stdout.count("is complete") == 4
     assert (tmp_path / "rep" / "cifar100_lt_smoke.md").read_text() == table
+    figures = json.loads((tmp_path / "rep" / "cifar100_lt_smoke.json").read_text())
+    plain = next(r for r in figures["rows"] if r["method"] == "plain")
+    seed1 = json.loads((tmp_path / "rep" / "plain_if10_seed1" / "results.json").read_text())
+    assert len(plain["overall"]) == 2 and plain["overall"][1] == seed1["overall"]
+    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={tmp_path / 'rep'}"],
+                             cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert (tmp_path / "rep" / "plots" / "cifar100_lt_smoke.png").stat().st_size > 1000
 
 
 def test_ablation_smoke_table_and_plot(tmp_path):
@@ -43,3 +52,17 @@ def test_ablation_smoke_table_and_plot(tmp_path):
                              env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
     assert plotted.returncode == 0, plotted.stderr[-3000:]
     assert (root / "plots" / "ablation_memory_size_smoke.png").stat().st_size > 1000
+
+
+def test_budgets_scale_the_recipe():
+    """short: 8 epochs per phase, the recipe's warm-up share (5 of 200 epochs -> 1), one monitoring
+    look mid-phase; full: the paper's recipe untouched; overrides still win."""
+    from asyncjax import reproduce
+
+    short = reproduce.row_config("ldam_drw", 100, 2, "short", ["--config.phase2.epochs=12"])
+    assert (short.phase1.epochs, short.phase1.warmup_epochs, short.phase2.epochs) == (8, 1, 12)
+    assert short.eval_every_epochs == 4 and short.seed == 2 and short.data.imbalance == 100
+    assert short.model.head == "cosine"  # LDAM's normalised classifier.
+    full = reproduce.row_config("async", 50, 0, "full", [])
+    assert (full.phase1.epochs, full.phase1.warmup_epochs, full.phase2.warmup_epochs) == (200, 5, 5)
+    assert tuple(full.phase1.decay_fractions) == (0.8, 0.9) and full.eval_every_epochs == 20

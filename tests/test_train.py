@@ -99,6 +99,38 @@ def test_device_resident_scan_matches_step_by_step(tmp_path, tiny_cifar):
         np.testing.assert_allclose(exported[1][name], exported[0][name], rtol=1e-3, atol=1e-5, err_msg=name)
 
 
+def test_scanned_steps_unrolled_has_no_loop_and_matches_the_loop():
+    """On CPU the trainer unrolls its scan (XLA:CPU convolutions in loops are slow, jax#12868):
+    the unrolled program has no while loop and computes what the loop computes."""
+    import jax
+    import jax.numpy as jnp
+
+    from asyncjax import sharding, train
+
+    def step(state, batch, rng):  # A toy step that depends on the order of the batches.
+        w = 0.5 * state["w"] + jnp.mean(batch["images"].astype(jnp.float32)) + batch["labels"].sum()
+        return {"w": w}, {"loss": w}
+
+    mesh = sharding.make_mesh()
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (20, 4, 4, 3), dtype=np.uint8))
+    labels = jnp.arange(20, dtype=jnp.int32)
+    positions = jnp.asarray(np.random.default_rng(1).integers(0, 20, (5, 4)))
+    args = ({"w": jnp.zeros(())}, images, labels, positions, jax.random.key(0))
+    outputs, programs = [], []
+    for unroll in (False, True):
+        multi = jax.jit(train._scanned_steps(step, None, sharding.batch_sharding(mesh), unroll=unroll))
+        programs.append(multi.lower(*args).as_text())
+        outputs.append(multi(*args))
+    assert "while" in programs[0] and "while" not in programs[1]
+    np.testing.assert_allclose(outputs[1][0]["w"], outputs[0][0]["w"], rtol=1e-6)
+    np.testing.assert_allclose(outputs[1][1]["loss"], outputs[0][1]["loss"], rtol=1e-6)
+    expected = 0.0
+    for p in np.asarray(positions):  # The plain reference: five steps one after another.
+        expected = 0.5 * expected + np.asarray(images)[p].astype(np.float32).mean() + p.sum()
+    assert outputs[1][1]["loss"] > 0
+    np.testing.assert_allclose(outputs[1][0]["w"], expected, rtol=1e-5)
+
+
 def test_one_device_and_eight_devices_agree():
     """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model)."""
     outputs = []
