@@ -104,6 +104,9 @@ def common_config() -> ml_collections.ConfigDict:
         head="cosine",                  # Needed by L_intra; "linear" for baselines.
         cosine_scale_init=16.0,         # (choice) sigma's initial value.
         dtype="float32",                # "bfloat16": bf16 compute, f32 params and optimiser state.
+        # Convolution weight gradients: "taps" (per-tap matrix products, models/conv.py; faster on
+        # XLA:CPU), "xla" (XLA's own), "auto" (taps on CPU, XLA's on GPU/TPU). Same gradient.
+        conv_weight_grad="auto",
     ))
     config.split = ml_collections.ConfigDict(dict(
         num_head_classes=0,             # C1; 0: classes with >= 20 images (Many + Medium).
@@ -153,6 +156,10 @@ def common_config() -> ml_collections.ConfigDict:
     # For accelerators: on CPU the scan is unrolled (XLA:CPU runs convolutions in loops ~20x
     # slower, jax#12868), which compiles once per distinct count and gains nothing there.
     config.steps_per_dispatch = 1
+    # JAX's persistent compilation cache: a resumed run (after preemption) and the seeds of a
+    # reproduce row load their train steps instead of compiling them again. "" turns it off;
+    # JAX_COMPILATION_CACHE_DIR in the environment takes precedence.
+    config.compilation_cache_dir = "~/.cache/asyncjax/xla"
     config.log_every_steps = 50
     config.eval_every_epochs = 10       # Monitoring only; the reported model is the final one.
     config.checkpoint_every_steps = 500

@@ -32,6 +32,7 @@ from asyncjax.data import datasets, longtail
 from asyncjax.data.pipeline import InMemoryImages
 from asyncjax.data.sampling import EpochSampler
 from asyncjax.models import make_backbone, make_model
+from asyncjax.models.conv import conv_for
 from asyncjax.reporting import Reporter
 
 # Fields that must match to resume a workdir: a different value means other checkpoints.
@@ -86,6 +87,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
     if config.phase2_init not in ("random", "imprint"):
         raise ValueError(f"phase2_init must be 'random' or 'imprint', got {config.phase2_init!r}")
+    conv_for(config.model.get("conv_weight_grad", "auto"))  # Refuses an unknown choice.
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     if config.steps_per_dispatch < 1:
@@ -182,6 +184,7 @@ class Trainer:
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
         self.mesh = sharding.make_mesh(config.mesh.model)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+        self.conv = conv_for(config.model.get("conv_weight_grad", "auto"))
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
         self.reporter = Reporter(workdir)
@@ -192,7 +195,7 @@ class Trainer:
     # ---- helpers -------------------------------------------------------------------------
     def model(self, num_outputs: int, **options):
         return make_model(self.config.model.backbone, self.config.model.head, num_outputs, dtype=self.dtype,
-                          cosine_scale_init=self.config.model.cosine_scale_init, **options)
+                          cosine_scale_init=self.config.model.cosine_scale_init, conv=self.conv, **options)
 
     def meta(self, **extra) -> dict:
         return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
@@ -506,7 +509,7 @@ class Trainer:
                                     batch_stats=state1.batch_stats, opt_state=tx.init(params))
 
         weight = losses.retention_weight(c1, c - c1, self.config.loss.retention_weight_base)
-        backbone = make_backbone(self.config.model.backbone, self.dtype)
+        backbone = make_backbone(self.config.model.backbone, self.dtype, self.conv)
         make_step2 = lambda model, tx, schedule, steps_per_epoch: steps.make_phase2_step(
             model, backbone, tx, schedule, self.train_preprocess, num_head=c1, retention_weight=weight,
             loss_config=self.config.loss)
@@ -584,5 +587,19 @@ class Trainer:
         return results
 
 
+def use_compilation_cache(path: str) -> str | None:
+    """Points JAX's persistent compilation cache at `path` (unless the environment already chose
+    one, or `path` is ""); returns the directory in use."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    if not path:
+        return None
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    use_compilation_cache(config.get("compilation_cache_dir", ""))
     return Trainer(config, workdir).run()

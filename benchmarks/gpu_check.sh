@@ -50,11 +50,12 @@ left() { echo $(( budget - ($(date +%s) - start) )); }
 # 1) Train steps: (model, batch, image size, phase, JAX variants timed in the same rounds).
 # scan,unrolled: the device-resident path, --dispatch steps per call, as a loop and unrolled;
 # phase1: phase I's step beside phase II's (goal: phase II <= 1.5x phase I's time).
+# taps: the per-tap conv weight gradient (models/conv.py; the CPU default) against XLA's own.
 if [[ $dry_run -eq 1 ]]; then
-  configs=("resnet32 8 32 1 scan,unrolled" "resnet32 8 32 2 phase1" "resnet50 4 64 1 -")
+  configs=("resnet32 8 32 1 scan,unrolled,taps" "resnet32 8 32 2 phase1" "resnet50 4 64 1 -")
   timing=(--rounds=1 --steps=1 --warmup=1 --dispatch=1)
 else
-  configs=("resnet32 64 32 1 scan,unrolled" "resnet32 512 32 1 -" "resnet32 512 32 2 phase1"
+  configs=("resnet32 64 32 1 scan,unrolled,taps" "resnet32 512 32 1 -" "resnet32 512 32 2 phase1"
            "resnet50 256 224 1 -")
   timing=(--rounds=5 --steps=10 --warmup=3 --dispatch=10)
 fi

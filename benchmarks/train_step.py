@@ -31,8 +31,10 @@ parser.add_argument("--also", default="", help="comma-separated JAX variants tim
                     "the levers table: noaug (no on-device augmentation), linear (linear head), bf16, "
                     "phase1 (with --phase=2: the phase-I step, and PyTorch's, to price phase II), "
                     "scan / unrolled (the trainer's device-resident path: --dispatch steps per call in a "
-                    "lax.scan loop / unrolled)")
+                    "lax.scan loop / unrolled), xlaconv / taps (XLA's own / the per-tap conv weight gradient)")
 parser.add_argument("--dispatch", type=int, default=5, help="steps per call of the scan / unrolled variants")
+parser.add_argument("--conv_weight_grad", choices=["auto", "taps", "xla"], default="auto",
+                    help="the trainer's model.conv_weight_grad; --also=xlaconv / taps times the other in the same rounds")
 parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--steps", type=int, default=5)
 parser.add_argument("--warmup", type=int, default=2)
@@ -49,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from asyncjax import augment, config_utils, optim, sharding, steps  # noqa: E402
 from asyncjax.models import make_backbone, make_model  # noqa: E402
+from asyncjax.models.conv import conv_for  # noqa: E402
 
 CIFAR = args.model == "resnet32"
 NUM_CLASSES, NUM_OLD = (100, 70) if CIFAR else (1000, 864)
@@ -61,10 +64,11 @@ def jax_step(variant: str = ""):
     `variant` changes one thing (see --also)."""
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" or variant == "bf16" else jnp.float32
     phase = 1 if variant == "phase1" else args.phase
+    conv = conv_for({"xlaconv": "xla", "taps": "taps"}.get(variant, args.conv_weight_grad))
     recipe = config_utils.phase_recipe(epochs=1, batch_size=args.batch, base_lr=0.1,
                                        base_batch_size=args.batch, schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 1000)
-    model = make_model(args.model, "linear" if variant == "linear" else "cosine", NUM_CLASSES, dtype=dtype)
+    model = make_model(args.model, "linear" if variant == "linear" else "cosine", NUM_CLASSES, dtype=dtype, conv=conv)
     preprocess = augment.cifar_train if CIFAR else augment.get_preprocess("imagenet_lt")[0]
     if variant == "noaug":
         preprocess = augment.get_preprocess("cifar100_lt" if CIFAR else "imagenet_lt")[1]
@@ -87,7 +91,7 @@ def jax_step(variant: str = ""):
                 intra_margin=0.5, intra_top_k=2))
             old = jax.tree.map(lambda x: jnp.array(x, copy=True),
                                {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
-            step = steps.make_phase2_step(model, make_backbone(args.model, dtype), tx, schedule, preprocess,
+            step = steps.make_phase2_step(model, make_backbone(args.model, dtype, conv), tx, schedule, preprocess,
                                           num_head=NUM_OLD, retention_weight=1.5, loss_config=loss_config)
             extra, extra_shardings = (old,), (jax.tree.map(lambda x: x.sharding, old),)
         key = jax.random.key(1)
@@ -178,6 +182,7 @@ def main():
         for name, run in runners.items():
             rates[name].append(args.steps * args.batch / run(args.steps))
     result = {"model": args.model, "batch": args.batch, "phase": args.phase, "torch_mode": args.torch,
+              "conv_weight_grad": args.conv_weight_grad,
               "devices": args.devices, "dtype": args.dtype, "rounds": args.rounds, "steps": args.steps,
               "image_size": SIZE, "backend": jax.default_backend(),
               "jax_img_s": statistics.median(rates["jax"]), "jax_all": [round(r, 1) for r in rates["jax"]],

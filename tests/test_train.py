@@ -237,3 +237,27 @@ def test_plots_from_runs(tmp_path, tiny_cifar):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot.make_plots(str(tmp_path / "nothing"))
+
+
+def test_compilation_cache_dir(tmp_path):
+    """config.compilation_cache_dir turns on JAX's persistent cache (compiled steps land there);
+    JAX_COMPILATION_CACHE_DIR in the environment wins; "" leaves it off."""
+    script = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from asyncjax import train\n"
+        "print(train.use_compilation_cache(sys.argv[1]))\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n")
+    env = helpers.cli_env()
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    cache = tmp_path / "cache"
+    for argument, expected in ((str(cache), str(cache)), ("", "None")):
+        result = subprocess.run([sys.executable, "-c", script, argument], cwd=helpers.REPO, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().splitlines()[-1] == expected
+    assert any(cache.iterdir())  # The executable was written.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "from_env")
+    result = subprocess.run([sys.executable, "-c", script, str(cache)], cwd=helpers.REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == str(tmp_path / "from_env")

@@ -19,14 +19,15 @@ __all__ = ["BACKBONES", "CLASS_AXIS", "Classifier", "CosineClassifier", "HEADS",
            "make_backbone", "make_model"]
 
 
-def make_backbone(name: str, dtype=jnp.float32) -> nn.Module:
+def make_backbone(name: str, dtype=jnp.float32, conv=None) -> nn.Module:
+    """`conv`: a stand-in for lax.conv_general_dilated in every convolution (conv.conv_for)."""
     if name == "resnet32":
-        return CifarResNet(blocks_per_stage=5, dtype=dtype)
+        return CifarResNet(blocks_per_stage=5, dtype=dtype, conv=conv)
     if name == "resnet8":  # Tiny CIFAR variant for smoke runs and tests.
-        return CifarResNet(blocks_per_stage=1, dtype=dtype)
+        return CifarResNet(blocks_per_stage=1, dtype=dtype, conv=conv)
     if name in STAGES:
         stages, block = STAGES[name]
-        return ResNet(stage_sizes=stages, block=block, dtype=dtype)
+        return ResNet(stage_sizes=stages, block=block, dtype=dtype, conv=conv)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
 
 
@@ -41,7 +42,7 @@ class Classifier(nn.Module):
 
 
 def make_model(backbone: str, head: str, num_classes: int, *, dtype=jnp.float32,
-               cosine_scale_init: float = 16.0, class_scale: bool = False) -> Classifier:
+               cosine_scale_init: float = 16.0, class_scale: bool = False, conv=None) -> Classifier:
     """A Classifier with `num_classes` outputs (C1 in phase I, C in phase II).
     `class_scale`: LWS's per-class logit scales on a linear head."""
     if head == "cosine":
@@ -50,4 +51,4 @@ def make_model(backbone: str, head: str, num_classes: int, *, dtype=jnp.float32,
         head_module = LinearClassifier(num_classes, dtype=dtype, class_scale=class_scale)
     else:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-    return Classifier(backbone=make_backbone(backbone, dtype), head=head_module)
+    return Classifier(backbone=make_backbone(backbone, dtype, conv), head=head_module)

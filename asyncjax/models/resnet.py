@@ -6,7 +6,7 @@ converted torchvision weights load by name.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,14 +24,15 @@ class BasicBlock(nn.Module):
     channels: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv: Any = None  # lax.conv_general_dilated's stand-in for nn.Conv (models/conv.py); None: lax's.
     expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.Conv(self.channels, (3, 3), (self.stride,) * 2, padding=1, use_bias=False,
+        y = nn.Conv(self.channels, (3, 3), (self.stride,) * 2, padding=1, use_bias=False, conv_general_dilated=self.conv,
                     kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(_norm(train, self.dtype, "bn1")(y))
-        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
+        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv, kernel_init=conv_init,
                     dtype=self.dtype, name="conv2")(y)
         y = _norm(train, self.dtype, "bn2")(y)
         return nn.relu(y + _shortcut(self, x, self.channels, train))
@@ -41,17 +42,18 @@ class Bottleneck(nn.Module):
     channels: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv: Any = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.Conv(self.channels, (1, 1), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+        y = nn.Conv(self.channels, (1, 1), use_bias=False, conv_general_dilated=self.conv, kernel_init=conv_init, dtype=self.dtype,
                     name="conv1")(x)
         y = nn.relu(_norm(train, self.dtype, "bn1")(y))
-        y = nn.Conv(self.channels, (3, 3), (self.stride,) * 2, padding=1, use_bias=False,
+        y = nn.Conv(self.channels, (3, 3), (self.stride,) * 2, padding=1, use_bias=False, conv_general_dilated=self.conv,
                     kernel_init=conv_init, dtype=self.dtype, name="conv2")(y)
         y = nn.relu(_norm(train, self.dtype, "bn2")(y))
-        y = nn.Conv(self.channels * 4, (1, 1), use_bias=False, kernel_init=conv_init,
+        y = nn.Conv(self.channels * 4, (1, 1), use_bias=False, conv_general_dilated=self.conv, kernel_init=conv_init,
                     dtype=self.dtype, name="conv3")(y)
         y = _norm(train, self.dtype, "bn3")(y)
         return nn.relu(y + _shortcut(self, x, self.channels * 4, train))
@@ -62,7 +64,7 @@ def _shortcut(block: nn.Module, x, out_channels: int, train: bool):
         return x
     # Projection shortcut (torchvision's `downsample.0` conv and `downsample.1` BN).
     x = nn.Conv(out_channels, (1, 1), (block.stride,) * 2, use_bias=False, kernel_init=conv_init,
-                dtype=block.dtype, name="downsample_conv")(x)
+                conv_general_dilated=block.conv, dtype=block.dtype, name="downsample_conv")(x)
     return _norm(train, block.dtype, "downsample_bn")(x)
 
 
@@ -71,18 +73,19 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     block: type = Bottleneck
     dtype: jnp.dtype = jnp.float32
+    conv: Any = None  # lax.conv_general_dilated's stand-in for every nn.Conv (models/conv.py).
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.astype(self.dtype)
-        x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, kernel_init=conv_init,
+        x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, conv_general_dilated=self.conv, kernel_init=conv_init,
                     dtype=self.dtype, name="conv1")(x)
         x = nn.relu(_norm(train, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for b in range(num_blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
-                x = self.block(64 * 2 ** stage, stride, self.dtype, name=f"layer{stage + 1}_{b}")(x, train)
+                x = self.block(64 * 2 ** stage, stride, self.dtype, self.conv, name=f"layer{stage + 1}_{b}")(x, train)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

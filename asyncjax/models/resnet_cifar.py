@@ -6,7 +6,7 @@ parameters with a 100-class linear head. Kaiming-normal convolutions, as LDAM.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,15 +18,16 @@ class CifarBasicBlock(nn.Module):
     channels: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    conv: Any = None  # lax.conv_general_dilated's stand-in for nn.Conv (models/conv.py); None: lax's.
 
     @nn.compact
     def __call__(self, x, train: bool):
         norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                          dtype=self.dtype, name=name)
-        y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1, use_bias=False,
+        y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=1, use_bias=False, conv_general_dilated=self.conv,
                     kernel_init=conv_init, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(norm("bn1")(y))
-        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
+        y = nn.Conv(self.channels, (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv,
                     kernel_init=conv_init, dtype=self.dtype, name="conv2")(y)
         y = norm("bn2")(y)
         shortcut = x
@@ -43,11 +44,12 @@ class CifarResNet(nn.Module):
     blocks_per_stage: int = 5
     widths: Sequence[int] = (16, 32, 64)
     dtype: jnp.dtype = jnp.float32
+    conv: Any = None  # lax.conv_general_dilated's stand-in for every nn.Conv (models/conv.py).
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.astype(self.dtype)
-        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, kernel_init=conv_init,
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, conv_general_dilated=self.conv, kernel_init=conv_init,
                     dtype=self.dtype, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, name="bn1")(x)
@@ -55,7 +57,7 @@ class CifarResNet(nn.Module):
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = CifarBasicBlock(width, stride, self.dtype, name=f"stage{stage + 1}_block{block + 1}")(x, train)
+                x = CifarBasicBlock(width, stride, self.dtype, self.conv, name=f"stage{stage + 1}_block{block + 1}")(x, train)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
