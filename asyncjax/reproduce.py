@@ -10,8 +10,9 @@ draws them). Every row resumes
 to every row, e.g. --config.data.cifar100_dir=PATH.
 
 Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 8
-(about 15 minutes per seed of a row on a 2-core CPU, so a 3-seed row fits in an
-hour), full = 200 (the paper's). The warm-up keeps the recipe's share of the
+(sized so that a seed of a row takes about 15 minutes on a quiet 2-core CPU at
+~100 img/s and a 3-seed row about an hour; measured wall times are in RESULTS.md),
+full = 200 (the paper's). The warm-up keeps the recipe's share of the
 epochs (5 of 200, at least 1); the lr steps and DRW's start are fractions already.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:

@@ -96,5 +96,8 @@ def test_models_train_the_same_with_either_weight_gradient():
             return jnp.mean(jax.nn.log_softmax(out["logits"])[jnp.arange(4), labels])
 
         grads.append(jax.grad(loss)(variables["params"]))
+        # The tap form is really in use (flax's dimension numbers are recognised as NHWC).
+        program = str(jax.make_jaxpr(loss)(variables["params"]))
+        assert ("custom_vjp_call" in program) == (conv is not None)
     for got, want in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-5)

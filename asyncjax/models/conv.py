@@ -62,12 +62,6 @@ def _tap_conv_bwd(strides, padding, residuals, cotangent):
 tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
 
 
-def _is_nhwc(dimension_numbers) -> bool:
-    return dimension_numbers in (_NHWC, _NHWC_NUMBERS) or (
-        isinstance(dimension_numbers, lax.ConvDimensionNumbers)
-        and tuple(map(tuple, dimension_numbers)) == tuple(map(tuple, _NHWC_NUMBERS)))
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
@@ -76,7 +70,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         rhs_dilation is None or all(d == 1 for d in rhs_dilation))
     if (plain and not isinstance(padding, str) and feature_group_count == 1 and batch_group_count == 1
             and precision is None and preferred_element_type is None and lhs.ndim == 4
-            and _is_nhwc(dimension_numbers)):
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_NUMBERS):
         return tap_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
