@@ -34,16 +34,21 @@ import sys
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_enum("table", "cifar100_lt", ["cifar100_lt"], "Which paper table to reproduce.")
-flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "full"], "Training budget of every row.")
-flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
-flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
-flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
-flags.DEFINE_list("imbalance", ["50", "100", "200"], "Columns: CIFAR-100-LT imbalance factors.")
-flags.DEFINE_enum("ablation", "none", ["none", "memory_size", "lambda", "split"],
-                  "Run an ablation of the async method instead of the table.")
-flags.DEFINE_list("values", [], "Ablation values (default: the ablation's own list).")
-flags.mark_flag_as_required("workdir")
+
+def define_flags():
+    """The command line's flags; defined only when run as a program, so that importing
+    row_config or the table writer (tests, notebooks) never clashes with another tool's flags."""
+    flags.DEFINE_enum("table", "cifar100_lt", ["cifar100_lt"], "Which paper table to reproduce.")
+    flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "full"], "Training budget of every row.")
+    flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
+    flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
+    flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
+    flags.DEFINE_list("imbalance", ["50", "100", "200"], "Columns: CIFAR-100-LT imbalance factors.")
+    flags.DEFINE_enum("ablation", "none", ["none", "memory_size", "lambda", "split"],
+                      "Run an ablation of the async method instead of the table.")
+    flags.DEFINE_list("values", [], "Ablation values (default: the ablation's own list).")
+    flags.mark_flag_as_required("workdir")
+
 
 # Ablation name -> (config key, default values, label); values parse as the key's type.
 ABLATIONS = {
@@ -199,6 +204,7 @@ def main(argv, overrides=()):
 
 
 if __name__ == "__main__":
+    define_flags()
     config_overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
     app.run(lambda argv: main(argv, config_overrides),
             argv=[a for a in sys.argv if not a.startswith("--config.")])
