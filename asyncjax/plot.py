@@ -162,14 +162,14 @@ def plot_table(plt, table: dict, path):
         means = [np.mean(v) if v else 0.0 for v in present]
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
         x = [g + i * width for g in range(len(groups))]
-        bars = ax.bar(x, means, width, yerr=stds, capsize=3, label=f"{row['method']} (IF {row['imbalance']})")
+        bars = ax.bar(x, means, width, yerr=stds, capsize=3, label=f"{row['method']} (IF {row['imbalance']}, {len(row['overall'])} seed(s))")
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         if row.get("paper"):
             ax.plot([x[0]], [row["paper"]], "k_", markersize=14, markeredgewidth=2)
     ax.plot([], [], "k_", markersize=14, markeredgewidth=2, label="paper, 200 epochs")
     ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(groups))], groups)
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"CIFAR-100-LT, budget {table['budget']}, {table['seeds']} seed(s); mean ± std", fontsize=9)
+    ax.set_title(f"CIFAR-100-LT, budget {table['budget']}; mean ± std over each row's seeds", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
