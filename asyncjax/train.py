@@ -87,7 +87,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
     if config.phase2_init not in ("random", "imprint"):
         raise ValueError(f"phase2_init must be 'random' or 'imprint', got {config.phase2_init!r}")
-    conv_for(config.model.conv_weight_grad)  # Refuses an unknown choice.
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
     if config.steps_per_dispatch < 1:
@@ -184,7 +183,7 @@ class Trainer:
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
         self.mesh = sharding.make_mesh(config.mesh.model)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-        self.conv = conv_for(config.model.conv_weight_grad)
+        self.conv = conv_for(config.model.conv_weight_grad)  # Refuses an unknown choice, before any disk work.
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
         self.reporter = Reporter(workdir)
