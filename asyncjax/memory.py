@@ -104,6 +104,14 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
+def _padded_length(x: int) -> int:
+    """The rows a class of x rows is padded to: a power of two or three quarters of one
+    (..., 48, 64, 96, 128, ...), which wastes about half as many rows as powers of two
+    alone, for twice as many compiled shapes."""
+    power = _next_pow2(x)
+    return 3 * power // 4 if power >= 8 and x <= 3 * power // 4 else power
+
+
 def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_class: int, *,
                       max_chunk_bytes: int = 256 << 20) -> np.ndarray:
     """Builds the whole exemplar bank M: `per_class` dataset rows for each class.
@@ -140,7 +148,7 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
     bank = np.full((len(classes), per_class), -1, np.int64)
     start, buffer = 0, None
     while start < len(order):
-        length = _next_pow2(len(rows_of[order[start]]))
+        length = _padded_length(len(rows_of[order[start]]))
         fit = max(1, max_chunk_bytes // (length * feature_dim * itemsize))
         # A power of two that fits the budget, but no larger than the classes left need.
         chunk = min(1 << int(math.log2(fit)), _next_pow2(len(order) - start))
@@ -159,7 +167,9 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
             if buffer is None or buffer.size < size:
                 buffer = _aligned_empty((size,), features.dtype)
             block = buffer[:size].reshape(chunk, length, feature_dim)
-            np.take(features, index, axis=0, out=block)
+            # mode="clip": the default "raise" writes through a temporary buffer (numpy's
+            # documented behaviour with out=), which made this gather 3x slower.
+            np.take(features, index, axis=0, out=block, mode="clip")
             block = jax.device_put(block, may_alias=True) if jax.default_backend() == "cpu" else block
         else:
             block = jnp.take(features, jnp.asarray(index), axis=0)

@@ -91,3 +91,9 @@ def test_build_memory_bank_from_device_array():
     host = memory.build_memory_bank(features, labels, np.arange(3), 3)
     device = memory.build_memory_bank(jnp.asarray(features), labels, np.arange(3), 3)
     np.testing.assert_array_equal(host, device)
+
+
+def test_padded_lengths_cover_the_class_and_pad_by_less_than_half():
+    lengths = [memory._padded_length(rows) for rows in range(1, 3000)]
+    assert all(length >= rows and (length <= 4 or length < 1.5 * rows) for rows, length in enumerate(lengths, 1))
+    assert sorted(set(lengths))[:8] == [1, 2, 4, 6, 8, 12, 16, 24]
