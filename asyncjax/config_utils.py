@@ -53,7 +53,7 @@ def phase_recipe(*, epochs: int, batch_size: int, base_lr: float, base_batch_siz
         schedule=schedule,              # "step" or "cosine".
         warmup_epochs=0,
         decay_fractions=(0.8, 0.9),     # "step": at 80% and 90% of the epochs (160, 180 of 200).
-        decay_factor=0.1,               # (choice) x0.1 at each step.
+        decay_factor=0.1,               # x this at each step (CIFAR-100-LT, Places-LT: 0.01, the paper's).
         head_lr_multiplier=1.0,         # Classifier lr / backbone lr (Places-LT: 0.05 / 5e-4).
         momentum=0.9,
         weight_decay=5e-4,
@@ -101,11 +101,13 @@ def common_config() -> ml_collections.ConfigDict:
     ))
     config.model = ml_collections.ConfigDict(dict(
         backbone="resnet32",
-        head="cosine",                  # Needed by L_intra; "linear" for baselines.
+        head="auto",                    # "cosine" | "linear" | "auto": the head the method's own
+                                        # paper uses (HEAD_BY_METHOD; async needs cosine for L_intra).
         cosine_scale_init=16.0,         # (choice) sigma's initial value.
         dtype="float32",                # "bfloat16": bf16 compute, f32 params and optimiser state.
-        # Convolution weight gradients: "taps" (per-tap matrix products, models/conv.py; faster on
-        # XLA:CPU), "xla" (XLA's own), "auto" (taps on CPU, XLA's on GPU/TPU). Same gradient.
+        # Convolution weight gradients: "taps" (per-tap matrix products, models/conv.py), "xla"
+        # (XLA's own), "auto" (on CPU the faster of the two in a timed trial on this machine,
+        # cached per CPU model: speed_choice.py; XLA's own on GPU/TPU). Same gradient.
         conv_weight_grad="auto",
     ))
     config.split = ml_collections.ConfigDict(dict(
@@ -165,6 +167,25 @@ def common_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
     return config
+
+
+# The classifier each method's own paper trains (METHOD.md "Recipes"), for model.head="auto":
+# the paper's method and its plain variant use the cosine head (L_intra needs cosine scores),
+# LDAM its normalised (cosine) classifier; the others a linear one.
+HEAD_BY_METHOD = {"async": "cosine", "plain": "cosine", "ldam_drw": "cosine", "balanced_softmax": "linear",
+                  "logit_adjustment": "linear", "crt": "linear", "lws": "linear", "tau_norm": "linear",
+                  "ncm": "linear"}
+
+
+def resolve_head(config: ml_collections.ConfigDict) -> None:
+    """model.head="auto" -> the head of HEAD_BY_METHOD (in place; an explicit head is kept)."""
+    if config.model.head == "auto":
+        config.model.head = HEAD_BY_METHOD.get(config.method, "cosine")
+
+
+# LDAM-DRW's own published recipe on CIFAR (Cao et al., 2019, their code): batch 128, lr 0.1 at
+# batch 128, weight decay 2e-4, the same warm-up and x0.01 / x0.0001 steps at 160 / 180.
+LDAM_DRW_CIFAR = dict(batch_size=128, base_batch_size=128, base_lr=0.1, weight_decay=2e-4)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:

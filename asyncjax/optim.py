@@ -31,11 +31,12 @@ def learning_rate_schedule(recipe: ml_collections.ConfigDict, steps_per_epoch: i
     return optax.join_schedules([optax.linear_schedule(lr / warmup, lr, warmup), main], [warmup])
 
 
-def _decay_mask(params):
-    # (choice) The cosine classifier's scale sigma is a temperature, not a weight:
-    # it gets no weight decay.
+def decay_mask(params):
+    """True for every parameter that gets weight decay: all of them (BatchNorm's scale and bias
+    too, as PyTorch's SGD does) except the cosine classifier's scale sigma, `head/scale`
+    (choice: a temperature, not a weight)."""
     flat = flax.traverse_util.flatten_dict(params)
-    return flax.traverse_util.unflatten_dict({k: k[-1] != "scale" for k in flat})
+    return flax.traverse_util.unflatten_dict({k: k[-2:] != ("head", "scale") for k in flat})
 
 
 def _head_labels(params):
@@ -62,7 +63,7 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, t
 
     def sgd(multiplier):
         return optax.chain(
-            optax.add_decayed_weights(recipe.weight_decay, mask=_decay_mask),
+            optax.add_decayed_weights(recipe.weight_decay, mask=decay_mask),
             optax.sgd(lambda step: multiplier * schedule(step), momentum=recipe.momentum))
 
     if trainable != "all":

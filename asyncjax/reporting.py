@@ -20,10 +20,12 @@ class Reporter:
     def __init__(self, workdir: str):
         self.is_main = jax.process_index() == 0
         self._jsonl = None
+        self._log = None
         self._tb = None
         if self.is_main:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._log = open(os.path.join(workdir, "log.txt"), "a")  # The printed lines, kept.
             try:
                 from tensorboardX import SummaryWriter
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -32,7 +34,10 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if self.is_main:
-            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+            line = f"[{time.strftime('%H:%M:%S')}] {message}"
+            print(line, flush=True)
+            self._log.write(f"[{time.strftime('%Y-%m-%d')}] {line}\n")
+            self._log.flush()
 
     def write(self, phase: str, step: int, metrics: dict) -> None:
         if not self.is_main:
@@ -57,6 +62,8 @@ class Reporter:
     def close(self) -> None:
         if self._jsonl:
             self._jsonl.close()
+        if self._log:
+            self._log.close()
         if self._tb is not None:
             self._tb.close()
         sys.stdout.flush()

@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from asyncjax import (augment, baselines, checkpointing, evaluate, losses, memory, optim, pretrained, sharding,
-                      steps)
+from asyncjax import (augment, baselines, checkpointing, config_utils, evaluate, losses, memory, optim,
+                      pretrained, sharding, speed_choice, steps)
 from asyncjax.data import datasets, longtail
 from asyncjax.data.pipeline import InMemoryImages
 from asyncjax.data.sampling import EpochSampler
@@ -138,33 +138,11 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _scanned_steps(step, batch_extras, batch_sharding, unroll: bool = False):
-    """(state, *extra, images, labels, positions [S, B], rng) -> (state, metrics summed over S):
-    S train steps in one lax.scan, each gathering its global batch from device-resident data.
-
-    `unroll=True` lays the S steps out one after another instead of in a while loop: XLA:CPU
-    runs a convolution inside a loop body about 20x slower than outside one (jax#12868;
-    measured on ResNet-8 here: 12 img/s in the loop, 271 unrolled), at the price of a compile
-    that grows with S."""
-    def multi_step(state, *args):
-        *extra, images, labels, positions, rng = args
-
-        def body(state, batch_positions):
-            batch = {"images": images[batch_positions], "labels": labels[batch_positions]}
-            if batch_extras is not None:
-                batch.update(batch_extras(None, batch["labels"]))
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            return step(state, *extra, batch, rng)
-
-        state, metrics = jax.lax.scan(body, state, positions, unroll=unroll)
-        return state, jax.tree.map(lambda m: m.sum(axis=0), metrics)
-    return multi_step
-
-
 class Trainer:
     """Holds what the phases share: data in rank space, mesh, reporter."""
 
     def __init__(self, config, workdir: str):
+        config_utils.resolve_head(config)  # model.head=auto -> the method's own head.
         validate_config(config)
         self.config = config
         self.workdir = workdir
@@ -183,10 +161,21 @@ class Trainer:
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
         self.mesh = sharding.make_mesh(config.mesh.model)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-        self.conv = conv_for(config.model.conv_weight_grad)  # Refuses an unknown choice, before any disk work.
+        # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
+        notes = []
+        self.conv = conv_for(speed_choice.resolve_conv_weight_grad(
+            config.model.conv_weight_grad, backbone=config.model.backbone, batch_size=config.phase1.batch_size,
+            image_size=self.data.image_shape[0], dtype=config.model.dtype, mesh=self.mesh,
+            compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append))
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
         self.reporter = Reporter(workdir)
+        if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
+                and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
+            notes.append(f"note: LDAM-DRW's published CIFAR recipe is {config_utils.LDAM_DRW_CIFAR} "
+                         "(configs/cifar100_lt.py:method=ldam_drw); this run keeps its own")
+        for note in notes:
+            self.reporter.info(note)
         self.rng = jax.random.key(config.seed)
         self.stop = None
         self._predict_fns = {}
@@ -304,9 +293,9 @@ class Trainer:
             # Every process holds all of them (CIFAR: tens of MB), so each builds the replicated array.
             replicate = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
             device_images, device_labels = replicate(self.data.train_images.images[rows]), replicate(labels)
-            unroll = jax.default_backend() == "cpu"  # See _scanned_steps: XLA:CPU loops are slow.
+            unroll = jax.default_backend() == "cpu"  # See steps.scanned_steps: XLA:CPU loops are slow.
             multi_step = jax.jit(
-                _scanned_steps(make_step(model, tx, schedule, sampler.steps_per_epoch), batch_extras, batch_sh,
+                steps.scanned_steps(make_step(model, tx, schedule, sampler.steps_per_epoch), batch_extras, batch_sh,
                                unroll=unroll),
                 in_shardings=(state_shardings, *extra_shardings, replicated, replicated, replicated, replicated),
                 out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -519,7 +508,7 @@ class Trainer:
             meta_extra={"memory_bank": bank.tolist()})
         return {**self.final_accuracy(model2, state2), "phase1": phase1_result,
                 "num_head_classes": c1, "retention_weight": weight,
-                "memory_bank_size": int((bank >= 0).sum()),
+                "memory_bank_size": int((bank >= 0).sum()), "phase2_rows": int(len(rows2)),
                 "wall_time_s": {"phase1": seconds1, "memory_bank": seconds_bank, "phase2": seconds2}}
 
     def memory_bank(self, model1, state1, head_rows) -> np.ndarray:

@@ -49,7 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from asyncjax import augment, config_utils, optim, sharding, steps  # noqa: E402
+from asyncjax import augment, config_utils, hardware, optim, sharding, steps  # noqa: E402
 from asyncjax.models import make_backbone, make_model  # noqa: E402
 from asyncjax.models.conv import conv_for  # noqa: E402
 
@@ -57,6 +57,19 @@ CIFAR = args.model == "resnet32"
 NUM_CLASSES, NUM_OLD = (100, 70) if CIFAR else (1000, 864)
 SIZE = args.image_size or (32 if CIFAR else 224)
 FLOPS = {"per_step": 0.0}
+FORMS = {}  # The resolved default conv weight-gradient form.
+
+
+def default_form() -> str:
+    """What the trainer runs for --conv_weight_grad (auto: its timed, cached trial on this machine)."""
+    if "form" not in FORMS:
+        from asyncjax import speed_choice
+        # The trainer's default compilation cache, beside which its verdicts are cached.
+        cache = jax.config.jax_compilation_cache_dir or "~/.cache/asyncjax/xla"
+        FORMS["form"] = speed_choice.resolve_conv_weight_grad(
+            args.conv_weight_grad, backbone=args.model, batch_size=args.batch, image_size=SIZE, dtype=args.dtype,
+            mesh=sharding.make_mesh(1), compilation_cache_dir=cache, log=lambda m: print(m, file=sys.stderr))
+    return FORMS["form"]
 
 
 def jax_step(variant: str = ""):
@@ -64,7 +77,7 @@ def jax_step(variant: str = ""):
     `variant` changes one thing (see --also)."""
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" or variant == "bf16" else jnp.float32
     phase = 1 if variant == "phase1" else args.phase
-    conv = conv_for({"xlaconv": "xla", "taps": "taps"}.get(variant, args.conv_weight_grad))
+    conv = conv_for({"xlaconv": "xla", "taps": "taps"}.get(variant) or default_form())
     recipe = config_utils.phase_recipe(epochs=1, batch_size=args.batch, base_lr=0.1,
                                        base_batch_size=args.batch, schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 1000)
@@ -119,9 +132,8 @@ def jax_step(variant: str = ""):
 
 
 def resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, replicated, key, unroll):
-    """The trainer's device-resident path (train._scanned_steps): --dispatch steps per call,
+    """The trainer's device-resident path (steps.scanned_steps): --dispatch steps per call,
     each gathering its batch from uint8 images held on the devices; run(n) takes n steps."""
-    from asyncjax import train
     if args.steps % args.dispatch:
         sys.exit("--steps must be a multiple of --dispatch")
     rng = np.random.default_rng(1)
@@ -130,7 +142,7 @@ def resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, re
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, pool).astype(np.int32), replicated)
     positions = jax.device_put(rng.integers(0, pool, (args.dispatch, args.batch)).astype(np.int32), replicated)
     extras = None if args.phase == 1 else (lambda rows, y: {"is_memory": (y < NUM_OLD).astype(jnp.float32)})
-    fn = jax.jit(train._scanned_steps(step, extras, batch_sh, unroll=unroll),
+    fn = jax.jit(steps.scanned_steps(step, extras, batch_sh, unroll=unroll),
                  in_shardings=(shardings, *extra_shardings, replicated, replicated, replicated, replicated),
                  out_shardings=(shardings, replicated), donate_argnums=0)
     holder = {"state": state}
@@ -182,9 +194,10 @@ def main():
         for name, run in runners.items():
             rates[name].append(args.steps * args.batch / run(args.steps))
     result = {"model": args.model, "batch": args.batch, "phase": args.phase, "torch_mode": args.torch,
-              "conv_weight_grad": args.conv_weight_grad,
+              "conv_weight_grad": args.conv_weight_grad, "conv_weight_grad_resolved": default_form(),
               "devices": args.devices, "dtype": args.dtype, "rounds": args.rounds, "steps": args.steps,
-              "image_size": SIZE, "backend": jax.default_backend(),
+              "image_size": SIZE, "backend": jax.default_backend(), "cpu": hardware.cpu_model(),
+              "device_kind": jax.devices()[0].device_kind,
               "jax_img_s": statistics.median(rates["jax"]), "jax_all": [round(r, 1) for r in rates["jax"]],
               "jax_gflop_per_image": FLOPS["per_step"] / args.batch / 1e9}
     if args.peak_tflops:

@@ -74,3 +74,31 @@ def test_tau_normalize_and_ncm(seed):
     np.testing.assert_array_equal(baselines.ncm_predict(queries, means), cos.argmax(axis=1))
     dist = ((queries[:, None] - means[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(baselines.ncm_predict(queries, means, metric="euclidean"), dist.argmin(axis=1))
+
+
+def test_each_method_gets_its_own_papers_head_unless_overridden():
+    from asyncjax import config_utils
+    from tests import helpers
+    expected = {"async": "cosine", "plain": "cosine", "ldam_drw": "cosine", "crt": "linear", "ncm": "linear",
+                "balanced_softmax": "linear", "logit_adjustment": "linear", "tau_norm": "linear", "lws": "linear"}
+    for method, head in expected.items():
+        config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
+        assert config.model.head == "auto"
+        config.method = method
+        config_utils.resolve_head(config)
+        assert config.model.head == head, method
+    config.method, config.model.head = "crt", "cosine"   # An explicit choice is kept.
+    config_utils.resolve_head(config)
+    assert config.model.head == "cosine"
+
+
+def test_ldam_drw_preset_runs_its_authors_recipe():
+    from asyncjax import config_utils, reproduce
+    from tests import helpers
+    preset = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":method=ldam_drw")
+    assert preset.method == "ldam_drw"
+    assert (preset.phase1.batch_size, preset.phase1.weight_decay, preset.phase1.base_lr) == (128, 2e-4, 0.1)
+    assert preset.phase1.decay_factor == 0.01 and preset.phase1.warmup_epochs == 5
+    row = reproduce.row_config("ldam_drw", 100, 0, "full", [])
+    assert (row.phase1.batch_size, row.phase1.weight_decay) == (128, 2e-4) and row.phase1.epochs == 200
+    assert reproduce.row_config("async", 100, 0, "full", []).phase1.weight_decay == 5e-4

@@ -62,3 +62,15 @@ def test_places_lt_smoke_from_lists_and_pretrained_backbone(tmp_path):
     assert "backbone initialised from" in output
     _check_results(workdir, 365)
     # The run's phase-I checkpoint started from the archive: its first layer moved only by training.
+    from tests.helpers import export
+    trained = export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
+    fresh = flatten({"params": {"backbone": make_backbone("resnet10").init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]}})
+    with np.load(tmp_path / "init.npz") as archive:
+        kernels = [k for k in archive.files if k.startswith("params/backbone/") and k.endswith("kernel")]
+        assert kernels
+        moved = sum(np.linalg.norm(trained[k] - archive[k]) for k in kernels)
+        other = sum(np.linalg.norm(trained[k] - fresh[k]) for k in kernels)
+    # Eight smoke steps at the backbone's lr of 5e-4 move it by a tiny fraction of the distance
+    # between two random initialisations; a run that ignored init_from would sit at that distance.
+    assert moved < 0.05 * other, (moved, other)

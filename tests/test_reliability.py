@@ -195,3 +195,63 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar):
     a = json.loads((reference / "results.json").read_text())
     b = json.loads((workdir / "results.json").read_text())
     assert a["overall"] == pytest.approx(b["overall"], abs=1.0)
+
+
+def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
+    """The bank holds K rows of each head class, chosen by build_memory_bank on the phase-I model's
+    eval-mode features of un-augmented images; phase II trains on exactly the tail rows plus the bank,
+    with lambda = lambda_base * sqrt(C1 / C2) in its loss."""
+    import shutil
+
+    import ml_collections
+
+    from asyncjax import augment, memory, train
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(uninterrupted, workdir)  # The trainer below opens logs; the fixture stays as it is.
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    trainer = train.Trainer(config, str(workdir))
+    c1, c, k = trainer.split.num_head, trainer.split.num_classes, config.memory.per_class
+    with np.load(workdir / "memory_bank.npz", allow_pickle=False) as saved:
+        bank = saved["bank"]
+    assert bank.shape == (c1, k)
+    labels = trainer.train_labels
+    for row, exemplars in enumerate(bank):
+        valid = exemplars[exemplars >= 0]
+        assert len(valid) == min(k, int(np.sum(labels == row))) and len(set(valid)) == len(valid)
+        assert np.all(labels[valid] == row), row
+    # The same bank from the exported phase-I model, in inference mode, on the images as stored.
+    phase1 = helpers.export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
+    variables = {"params": {}, "batch_stats": {}}
+    for name, value in phase1.items():
+        if name.startswith(("params/", "batch_stats/")):
+            node = variables
+            *parents, leaf = name.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    head_rows = np.flatnonzero(labels < c1)
+    images = augment.cifar_eval(trainer.data.train_images.images[head_rows])
+    features = trainer.model(c1).apply(variables, images, train=False)["features"]
+    local = memory.build_memory_bank(np.asarray(features), labels[head_rows], np.arange(c1), k)
+    expected = np.where(local >= 0, head_rows[np.maximum(local, 0)], -1)
+    same = [set(a) == set(b) for a, b in zip(bank, expected)]
+    # Two programs compute the features (the trainer's sharded inference and this one), so a
+    # float32 near-tie may flip one pick; any wiring error (augmented or train-mode features,
+    # other rows) changes nearly every class.
+    assert np.mean(same) >= 0.9, np.mean(same)
+    # Phase II: the tail rows plus the bank, and Eq. 9 with lambda at the call site.
+    log = (workdir / "metrics.jsonl").read_text().splitlines()
+    results = json.loads((workdir / "results.json").read_text())
+    weight = config.loss.retention_weight_base * np.sqrt(c1 / (c - c1))
+    assert results["retention_weight"] == pytest.approx(weight, rel=1e-6)
+    assert results["memory_bank_size"] == int((bank >= 0).sum())
+    blocks = [json.loads(line) for line in log if '"phase2"' in line and '"dis"' in line]
+    assert blocks
+    for block in blocks:  # Block means of the terms combine as the step's total does.
+        assert block["loss"] == pytest.approx(block["cls"] + block["intra"] + weight * block["dis"], rel=1e-4)
+    tail = int(np.sum(labels >= c1))
+    assert results["phase2_rows"] == tail + results["memory_bank_size"]
+    output = (workdir / "log.txt").read_text()
+    assert f"phase II data: {tail} tail + bank" in output
+    assert f"phase2: {tail + results['memory_bank_size']} training images" in output

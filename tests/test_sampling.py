@@ -1,6 +1,10 @@
+from unittest import mock
+
+import jax
 import numpy as np
 import pytest
 
+from asyncjax import sharding
 from asyncjax.data import longtail
 from asyncjax.data.sampling import STRATEGIES, EpochSampler, class_probabilities
 
@@ -25,6 +29,26 @@ def _total_variation(labels, counts, strategy, epoch, total_epochs):
     return 0.5 * np.abs(freq - class_probabilities(counts, strategy, epoch, total_epochs)).sum()
 
 
+def _process_slice_as(positions, index, count):
+    """sharding.process_slice as process `index` of `count` would compute it."""
+    with mock.patch.object(jax, "process_count", return_value=count), \
+            mock.patch.object(jax, "process_index", return_value=index):
+        return sharding.process_slice(positions)
+
+
+def test_process_slices_are_disjoint_contiguous_and_cover_the_global_batch():
+    positions = np.random.default_rng(0).permutation(1000)[:48]
+    for count in (1, 2, 4, 8):
+        shares = [_process_slice_as(positions, i, count) for i in range(count)]
+        assert all(len(s) == 48 // count for s in shares)
+        # In process order they are the global batch again: disjoint, each row once, in place.
+        np.testing.assert_array_equal(np.concatenate(shares), positions)
+        # Process i holds rows i * per ... (i + 1) * per: the rows its devices own under the data axis.
+        np.testing.assert_array_equal(shares[count - 1], positions[-(48 // count):])
+    with pytest.raises(ValueError, match="not divisible"):
+        _process_slice_as(positions, 0, 5)
+
+
 @pytest.mark.parametrize("strategy", ["class_balanced", "sqrt", "progressive", "instance"])
 @pytest.mark.parametrize("hosts", [1, 4])
 def test_global_sample_follows_target_probabilities(strategy, hosts):
@@ -35,8 +59,8 @@ def test_global_sample_follows_target_probabilities(strategy, hosts):
     drawn = []
     for step in range(sampler.steps_per_epoch):
         positions = sampler.batch(epoch, step)
-        # Each of `hosts` processes keeps its contiguous share of the same global batch.
-        shares = np.split(positions, hosts)
+        # Each of `hosts` processes keeps its share of the same global batch (sharding.process_slice).
+        shares = [_process_slice_as(positions, index, hosts) for index in range(hosts)]
         assert sum(len(s) for s in shares) == batch
         drawn.extend(labels[np.concatenate(shares)])
     drawn = np.asarray(drawn)

@@ -57,25 +57,48 @@ def test_phase2_step_decreases_loss_and_reports_each_term():
 
 
 def test_phase2_terms_match_the_losses_module():
-    """One phase-II step's reported terms equal the losses computed separately on its forward pass."""
-    num_head, num_classes = 3, 6
+    """One phase-II step's reported terms and its update equal the losses computed separately on
+    its forward pass, with a frozen model that is not the trained one and non-default loss settings
+    (a step that ignored old_variables or loss_config would report other values)."""
+    num_head, num_classes, weight = 3, 6, 2.0
     tx, schedule, model, batch = _setup(num_classes)
     batch["is_memory"] = (batch["labels"] < num_head).astype(jnp.float32)
     state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     backbone = make_backbone("resnet8")
-    old = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+    frozen = make_model("resnet8", "cosine", num_head).init(jax.random.key(5), jnp.zeros((1, 32, 32, 3)),
+                                                            train=False)
+    old = {"params": frozen["params"]["backbone"], "batch_stats": frozen["batch_stats"]["backbone"]}
+    config = ml_collections.ConfigDict(dict(retention_temperature=0.3, retention_normalize=False,
+                                            retention_reduction="sum", intra_margin=0.9, intra_top_k=1))
     step = steps.make_phase2_step(model, backbone, tx, schedule, augment.cifar_eval, num_head=num_head,
-                                  retention_weight=2.0, loss_config=LOSS_CONFIG)
-    _, metrics = jax.jit(step)(state, old, batch, jax.random.key(1))
+                                  retention_weight=weight, loss_config=config)
+    new_state, metrics = jax.jit(step)(state, old, batch, jax.random.key(1))
     images = augment.cifar_eval(batch["images"])
-    out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=True,
-                         mutable=["batch_stats"])
     old_features = backbone.apply(old, images, train=False)
-    np.testing.assert_allclose(metrics["cls"], losses.cross_entropy(out["logits"], batch["labels"]), rtol=1e-4)
-    np.testing.assert_allclose(metrics["intra"], losses.intra_margin_loss(
-        out["cosine"], batch["labels"], batch["is_memory"], num_head), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(metrics["dis"], losses.memory_retentive_loss(old_features, out["features"]),
-                               rtol=1e-4)
+
+    def total(params):
+        out, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                             mutable=["batch_stats"])
+        terms = (losses.cross_entropy(out["logits"], batch["labels"]),
+                 losses.intra_margin_loss(out["cosine"], batch["labels"], batch["is_memory"], num_head,
+                                          margin=0.9, top_k=1),
+                 losses.memory_retentive_loss(old_features, out["features"], temperature=0.3, normalize=False,
+                                              reduction="sum"))
+        return terms[0] + terms[1] + weight * terms[2], terms
+
+    (_, (cls, intra, dis)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    np.testing.assert_allclose(metrics["cls"], cls, rtol=1e-4)
+    np.testing.assert_allclose(metrics["intra"], intra, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["dis"], dis, rtol=1e-4)
+    # The defaults (tau 1, normalised, mean) give another L_dis: the settings reached the loss.
+    default_dis = losses.memory_retentive_loss(old_features, model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)["features"])
+    assert abs(float(metrics["dis"]) - float(default_dis)) > 0.1 * abs(float(metrics["dis"]))
+    # The update is the one of this total's gradient (first SGD step: p - lr * (g + wd * p)).
+    lr = float(schedule(0))
+    expected = jax.tree.map(lambda p, g: p - lr * (g + 5e-4 * p), state.params["backbone"], grads["backbone"])
+    for got, want in zip(jax.tree.leaves(new_state.params["backbone"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_extend_classifier_keeps_phase1_rows():

@@ -81,10 +81,9 @@ CONV_WEIGHT_GRADS = ("auto", "taps", "xla")
 
 
 def conv_for(weight_grad: str):
-    """The conv function for flax's nn.Conv: `taps` (above), `xla` (None: lax's own), or
-    `auto`: taps on the CPU backend, where it is faster, XLA's own elsewhere (cuDNN, TPU)."""
-    if weight_grad not in CONV_WEIGHT_GRADS:
-        raise ValueError(f"model.conv_weight_grad must be one of {CONV_WEIGHT_GRADS}, got {weight_grad!r}")
-    if weight_grad == "auto":
-        weight_grad = "taps" if jax.default_backend() == "cpu" else "xla"
+    """The conv function for flax's nn.Conv: `taps` (above) or `xla` (None: lax's own).
+    `auto` is decided per machine by speed_choice.resolve_conv_weight_grad before this call."""
+    if weight_grad not in ("taps", "xla"):
+        raise ValueError(f"conv weight gradient form must be 'taps' or 'xla' (model.conv_weight_grad=auto is "
+                         f"resolved by asyncjax.speed_choice first), got {weight_grad!r}")
     return conv_general_dilated if weight_grad == "taps" else None

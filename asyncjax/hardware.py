@@ -1,0 +1,31 @@
+"""What machine this is, in words: the CPU model beside every speed figure and cache key.
+
+Speed choices that differ between CPUs (models/conv.py's weight-gradient form) are measured per
+machine and cached under `cpu_model()`; benchmarks print it in their JSON line as `cpu`.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """e.g. 'AMD EPYC 9R14 (family 25 model 17, avx512)' or 'Intel(R) Xeon(R) Processor (family 6
+    model 143, avx512, amx)'. Virtual machines often hide the marketing name, so the CPUID family,
+    model and the vector extensions that change XLA:CPU's code generation are part of the name."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # The first processor's block is enough.
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    name = fields.get("model name", platform.processor() or "unknown CPU")
+    flags = set(fields.get("flags", "").split())
+    extras = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
+    extras += [label for flag, label in (("avx512f", "avx512"), ("amx_tile", "amx")) if flag in flags]
+    return f"{name} ({', '.join(extras)})" if extras else name

@@ -1,0 +1,72 @@
+"""The optimiser against hand-computed updates: PyTorch-style SGD (coupled weight decay, momentum),
+the weight-decay mask on a real parameter tree, the head's lr multiplier, and the CIFAR schedule."""
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asyncjax import config_utils, optim
+from asyncjax.models import make_model
+
+
+def _flat(tree):
+    return {"/".join(k): np.asarray(v, np.float64) for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def test_weight_decay_mask_exempts_only_the_cosine_scale():
+    params = make_model("resnet8", "cosine", 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                      train=False)["params"]
+    mask = {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(optim.decay_mask(params)).items()}
+    assert mask["head/scale"] is False
+    exempt = [name for name, decayed in mask.items() if not decayed]
+    assert exempt == ["head/scale"]
+    # BatchNorm's gamma and beta are decayed, as PyTorch's SGD decays every parameter it is given.
+    assert mask["backbone/bn1/scale"] and mask["backbone/bn1/bias"] and mask["head/kernel"]
+
+
+def _pytorch_sgd(params, grads_per_step, lrs, weight_decay, momentum, exempt=()):
+    """torch.optim.SGD(momentum, weight_decay) written out: g += wd * p (coupled), buf = m * buf + g
+    (buf = g at the first step), p -= lr * buf."""
+    params = {k: v.copy() for k, v in params.items()}
+    buffers = {}
+    for grads, lr in zip(grads_per_step, lrs):
+        for name, p in params.items():
+            g = grads[name] + (0.0 if name in exempt else weight_decay) * p
+            buffers[name] = g if name not in buffers else momentum * buffers[name] + g
+            params[name] = p - lr[name] * buffers[name]
+    return params
+
+
+def test_update_matches_pytorch_sgd_with_coupled_decay_momentum_and_head_multiplier():
+    recipe = config_utils.phase_recipe(epochs=1, batch_size=4, base_lr=0.1, base_batch_size=4, schedule="step",
+                                       weight_decay=5e-3, momentum=0.9, head_lr_multiplier=10.0)
+    tx, schedule = optim.make_optimizer(recipe, steps_per_epoch=100)
+    rng = np.random.default_rng(0)
+    params = {"backbone": {"bn": {"scale": rng.normal(size=3)}, "conv": {"kernel": rng.normal(size=(2, 3))}},
+              "head": {"kernel": rng.normal(size=(3, 2)), "scale": np.array(16.0)}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(3)]
+    state, current = tx.init(params), params
+    for g in grads:
+        updates, state = tx.update(g, state, current)
+        current = jax.tree.map(lambda p, u: p + u, current, updates)
+    lrs = [{name: float(schedule(t)) * (10.0 if name.startswith("head") else 1.0) for name in _flat(params)}
+           for t in range(3)]
+    want = _pytorch_sgd(_flat(params), [_flat(g) for g in grads], lrs, 5e-3, 0.9, exempt=("head/scale",))
+    got = _flat(current)
+    for name in want:  # float32 against float64 over three small updates: a few ulps of the values.
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_cifar_recipe_decays_by_a_hundredth_at_160_and_again_at_180():
+    config = config_utils.load_config_file("configs/cifar100_lt.py")
+    steps_per_epoch = 10
+    schedule = optim.learning_rate_schedule(config.phase1, steps_per_epoch)
+    lr = 0.1
+    # LDAM-DRW's code: linear warm-up over 5 epochs, then lr; x0.01 after epoch 160, x0.0001 after 180.
+    expected = {0: lr / 50, 51: lr, 1599: lr, 1600: lr * 1e-2, 1799: lr * 1e-2, 1800: lr * 1e-4, 1999: lr * 1e-4}
+    for step, want in expected.items():  # float32 arithmetic inside optax: within 1e-5 of the value.
+        np.testing.assert_allclose(float(schedule(step)), want, rtol=1e-5, err_msg=f"step {step}")
+    assert config.phase2.decay_factor == 0.01
+    places = config_utils.load_config_file("configs/places_lt.py")
+    assert places.phase1.decay_factor == 0.01  # The paper: "by 0.01" on Places-LT too.
