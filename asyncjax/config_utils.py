@@ -54,7 +54,10 @@ def phase_recipe(*, epochs: int, batch_size: int, base_lr: float, base_batch_siz
         warmup_epochs=0,
         decay_fractions=(0.8, 0.9),     # "step": at 80% and 90% of the epochs (160, 180 of 200).
         decay_factor=0.1,               # x this at each step (CIFAR-100-LT, Places-LT: 0.01, the paper's).
-        head_lr_multiplier=1.0,         # Classifier lr / backbone lr (Places-LT: 0.05 / 5e-4).
+        head_lr_multiplier=1.0,         # Classifier lr / scaled lr (Places-LT: 0.05 / 5e-4).
+        backbone_lr_multiplier=1.0,     # Backbone lr / scaled lr (phase II: a smaller one keeps W_r).
+        batch_norm="update",            # Phase II: "update" the running statistics on X2 + M, or
+                                        # "freeze": BatchNorm in inference mode with phase I's.
         momentum=0.9,
         weight_decay=5e-4,
         sampler="instance",             # instance | class_balanced | sqrt | progressive.
@@ -98,6 +101,9 @@ def common_config() -> ml_collections.ConfigDict:
         imbalance=100,                  # IF = n_max / n_min.
         max_count=500,                  # n_max: images of the largest class (CIFAR-100: 500).
         subsample_seed=0,               # (choice) seed of the per-class subsampling.
+        # CIFAR-100-LT validation split (METHOD.md): up to this many per class from the training
+        # images the long-tailed subset leaves out (0: none; monitoring then reads the test split).
+        val_per_class=20,
     ))
     config.model = ml_collections.ConfigDict(dict(
         backbone="resnet32",
@@ -132,6 +138,10 @@ def common_config() -> ml_collections.ConfigDict:
         logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
+    # Phase II from the finished phase I of another workdir (async): its final phase-I checkpoint,
+    # and its memory bank when K is the same. That workdir is only read. Phase-II studies train
+    # phase I once and each variant from it.
+    config.phase1_from = ""
     # Decoupling baselines (method=crt | tau_norm | ncm; Kang et al., 2020) after the joint phase.
     config.decoupling = ml_collections.ConfigDict(dict(
         tau=1.0,                        # tau-norm's exponent (fixed: CIFAR has no validation split).
@@ -209,7 +219,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         if kind is bool:
             value = _convert(dotted, text, False)
         elif kind in (tuple, list):
-            value = kind(ast.literal_eval(text))
+            try:
+                value = kind(ast.literal_eval(text))
+            except (ValueError, SyntaxError, TypeError) as e:
+                raise ValueError(f"--config.{dotted}={text!r}: expected a {kind.__name__} such as (0.8, 0.9)") from e
         else:
             try:
                 value = kind(text)

@@ -16,7 +16,7 @@ import os
 import re
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 
 def define_flags():
@@ -81,5 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from asyncjax import cli
     define_flags()
-    app.run(main)
+    cli.run(main, __doc__)

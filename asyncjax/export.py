@@ -10,7 +10,6 @@ other baselines); --phase=phase1 exports the phase-I model.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
@@ -60,12 +59,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    try:
-        export(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.phase)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    export(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.phase)  # Errors: cli.run's one line.
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from asyncjax import cli
+    cli.run(main, __doc__)

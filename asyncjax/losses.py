@@ -81,6 +81,24 @@ def memory_retentive_loss(old_features: jax.Array, new_features: jax.Array, *,
     return mu.mean() if reduction == "mean" else mu.sum()
 
 
+def retention_diagnostics(old_features: jax.Array, new_features: jax.Array, *,
+                          temperature: float = 1.0) -> dict:
+    """What L_dis's graph matching does (metrics only, no gradient):
+
+      attention_neighbours: exp(entropy of a_i.), averaged over old nodes i: how many new nodes
+        each old node attends to (1: one; B: uniform over the batch, as tau = 1 gives).
+      self_match_rate: share of old nodes whose largest a_ji is j = i (their own new feature).
+      self_distance: mean ||z̄_i - ẑ̄_i|| of the L2-normalised features (0: unchanged features).
+    """
+    old = _normalize(jax.lax.stop_gradient(old_features).astype(jnp.float32))
+    new = _normalize(jax.lax.stop_gradient(new_features).astype(jnp.float32))
+    attention = jax.nn.softmax(old @ new.T / temperature, axis=-1)        # [i, j] = a_ji
+    entropy = -jnp.sum(attention * jnp.log(jnp.maximum(attention, 1e-30)), axis=-1)
+    return {"attention_neighbours": jnp.mean(jnp.exp(entropy)),
+            "self_match_rate": jnp.mean(jnp.argmax(attention, axis=-1) == jnp.arange(old.shape[0])),
+            "self_distance": jnp.mean(jnp.linalg.norm(old - new, axis=-1))}
+
+
 def intra_margin_loss(cos_scores: jax.Array, labels: jax.Array, is_memory: jax.Array,
                       num_old_classes: int, *, margin: float = 0.5, top_k: int = 2) -> jax.Array:
     """Intra-classification margin loss L_intra (Eq. 9; LUCIR's margin ranking).

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from asyncjax import config_utils
+from asyncjax import cli, config_utils
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar100_lt.py:imbalance=100.",
                                 lock_config=True)
@@ -21,7 +21,7 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with th
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a hand-made cluster.")
 flags.DEFINE_integer("num_processes", None, "Processes in a hand-made cluster.")
 flags.DEFINE_integer("process_id", None, "This process's index in a hand-made cluster.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -37,30 +37,40 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.multihost:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:  # No cluster environment detected.
+            raise ValueError(f"--multihost found no cluster to join ({str(e).splitlines()[0]}); on one machine "
+                             "leave it out, or pass --coordinator_address --num_processes --process_id") from e
     from asyncjax import train  # After the flags: importing jax-heavy modules is slow.
-    try:
-        train.run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except train.Interrupted as e:
-        print(str(e), file=sys.stderr, flush=True)
-        sys.exit(3)
-    except (ValueError, FileNotFoundError, train.TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def check_overrides(argv) -> None:
-    """Rejects unknown --config.* keys, values of the wrong type and bad config-file
-    arguments with a one-line message, before absl's flag parser turns them into a traceback."""
+    """Rejects a missing --config, unknown --config.* keys, values of the wrong type and bad
+    config-file arguments with a one-line message (exit 2), before absl's flag parser turns them
+    into a traceback."""
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+        return
     specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if not specs:
-        return
+        cli.fail("--config=FILE is required, e.g. --config=configs/cifar100_lt.py:smoke=True (see --help)")
     try:
         config_utils.apply_overrides(config_utils.load_config_file(specs[-1]), [a for a in argv if a.startswith("--config.")])
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, SyntaxError) as e:
+        cli.fail(str(e))
+
+
+HELP = """Config files: configs/cifar100_lt.py (arguments imbalance=50|100|200|1, smoke=True, method=NAME),
+configs/imagenet_lt.py, configs/places_lt.py, configs/inat.py (smoke=True). Override any value with
+--config.KEY=VALUE, e.g. --config.phase1.epochs=30 --config.method=plain.
+Methods (--config.method): async (default), plain, ldam_drw, balanced_softmax, logit_adjustment,
+crt, tau_norm, ncm, lws.
+Exit status: 0 done, 2 bad input (one line on stderr, nothing written), 3 interrupted after a
+checkpoint (run the same command again to resume), 1 an unexpected failure."""
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    app.run(main)
+    arguments = cli.join_spaced_flags(sys.argv, ("config", "workdir"))
+    check_overrides(arguments[1:])
+    cli.run(main, __doc__, arguments, extra_help=HELP)

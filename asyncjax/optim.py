@@ -53,8 +53,9 @@ TRAINABLE = ("all", "head", "class_scale")
 
 
 def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, trainable: str = "all"):
-    """Returns (optax transformation, schedule). The head's lr is the backbone's
-    times `head_lr_multiplier` (Places-LT: 0.05 / 5e-4). `trainable="head"` leaves
+    """Returns (optax transformation, schedule). The head's lr is the scheduled lr times
+    `head_lr_multiplier` (Places-LT: 0.05 / 5e-4), the backbone's times `backbone_lr_multiplier`.
+    `trainable="head"` leaves
     W_r untouched (no update, no weight decay): classifier re-training (cRT);
     `"class_scale"` trains only LWS's per-class scales."""
     if trainable not in TRAINABLE:
@@ -70,7 +71,8 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, t
         labels = _head_labels if trainable == "head" else _class_scale_labels
         return optax.multi_transform(
             {"backbone": optax.set_to_zero(), "head": sgd(recipe.head_lr_multiplier)}, labels), schedule
-    if recipe.head_lr_multiplier == 1.0:
+    backbone_multiplier = recipe.get("backbone_lr_multiplier", 1.0)
+    if recipe.head_lr_multiplier == 1.0 and backbone_multiplier == 1.0:
         return sgd(1.0), schedule
     return optax.multi_transform(
-        {"backbone": sgd(1.0), "head": sgd(recipe.head_lr_multiplier)}, _head_labels), schedule
+        {"backbone": sgd(backbone_multiplier), "head": sgd(recipe.head_lr_multiplier)}, _head_labels), schedule

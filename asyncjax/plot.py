@@ -18,7 +18,6 @@ import collections
 import glob
 import json
 import os
-import sys
 
 from absl import app, flags
 
@@ -221,12 +220,10 @@ def make_plots(workdir: str, output: str | None = None, baseline: str | None = N
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        paths = make_plots(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.baseline)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    paths = make_plots(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.baseline)  # Errors: cli.run.
     print("\n".join(paths))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from asyncjax import cli
+    cli.run(main, __doc__)

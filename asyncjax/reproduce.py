@@ -23,7 +23,7 @@ Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 (loss.retention_weight_base; 0 turns L_dis off), `split` varies C1
 (split.num_head_classes). Writes DIR/ablation_<name>_<budget>.md and .json;
 `python -m asyncjax.plot --workdir=DIR` draws them. The paper ran them on
-Places-LT; here they run on CIFAR-100-LT (or any config via the same flags).
+Places-LT; here they always run on CIFAR-100-LT (configs/cifar100_lt.py), with --config.* overrides.
 """
 from __future__ import annotations
 
@@ -99,22 +99,23 @@ def _mean_std(values):
 
 
 def write_table(rows: dict, budget: str, seeds: int, path: str, note: str) -> str:
-    lines = [f"# CIFAR-100-LT (paper Table 3), budget `{budget}`, {seeds} seed(s)", "",
+    del seeds  # Each row says how many seeds it has: merged rows may have other counts.
+    lines = [f"# CIFAR-100-LT (paper Table 3), budget `{budget}`", "",
              "Top-1 accuracy (%) of the final model on the test split; mean ± std over seeds.",
              f"Paper: ResNet-32, 200 epochs. {note}", "",
-             "| method | IF | ours: overall | many | medium | few | paper | wall time / seed (min) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | IF | seeds | ours: overall | many | medium | few | paper | wall time / seed (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (method, imbalance), results in rows.items():
         minutes = np.mean([sum(r["wall_time_s"].values()) for r in results]) / 60
         paper = PAPER.get(method, {}).get(imbalance)
-        lines.append(f"| {method} | {imbalance} | {_mean_std([r['overall'] for r in results])} | "
+        lines.append(f"| {method} | {imbalance} | {len(results)} | {_mean_std([r['overall'] for r in results])} | "
                      f"{_mean_std([r['many'] for r in results])} | {_mean_std([r['medium'] for r in results])} | "
                      f"{_mean_std([r['few'] for r in results])} | {paper if paper else '-'} | {minutes:.1f} |")
     text = "\n".join(lines) + "\n"
     _write_atomically(path, text)
     # The per-seed figures, for `python -m asyncjax.plot --workdir=DIR` (bars with std error bars).
     _write_atomically(path[:-len(".md")] + ".json", json.dumps({
-        "table": "cifar100_lt", "budget": budget, "seeds": seeds, "note": note,
+        "table": "cifar100_lt", "budget": budget, "note": note,
         "rows": [{"method": method, "imbalance": imbalance, "paper": PAPER.get(method, {}).get(imbalance),
                   "wall_time_s": [sum(r["wall_time_s"].values()) for r in results],
                   **{k: [r[k] for r in results] for k in ("overall", "many", "medium", "few")}}
@@ -141,15 +142,31 @@ def _run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, 
     return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
 
 
+def earlier_rows(json_path: str) -> dict:
+    """The rows an earlier invocation wrote to the table's JSON, as {(method, IF): per-seed results}:
+    a rerun with fewer --methods or --imbalance values merges into the table, never drops rows."""
+    if not os.path.exists(json_path):
+        return {}
+    with open(json_path) as f:
+        saved = json.load(f)
+    rows = {}
+    for row in saved.get("rows", []):
+        seeds = len(row["overall"])
+        rows[(row["method"], row["imbalance"])] = [
+            {**{k: row[k][i] for k in ("overall", "many", "medium", "few")},
+             "wall_time_s": {"total": row["wall_time_s"][i]}} for i in range(seeds)]
+    return rows
+
+
 def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides) -> str:
-    rows, note = {}, ""
+    path = os.path.join(workdir, f"cifar100_lt_{budget}.md")
+    rows, note = earlier_rows(path[:-len(".md")] + ".json"), ""
     for imbalance in imbalances:
         for method in methods:
             rows[(method, imbalance)], row_note = _run_seeds(
                 method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method)
             note = row_note or note
-    return write_table(rows, budget, seeds, os.path.join(workdir, f"cifar100_lt_{budget}.md"),
-                       f"Measured on: {note}." if note else "")
+    return write_table(rows, budget, seeds, path, f"Measured on: {note}." if note else "")
 
 
 def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: int, overrides) -> str:
@@ -185,25 +202,22 @@ def main(argv, overrides=()):
     FLAGS = flags.FLAGS
     unknown = [m for m in FLAGS.methods if m not in train.METHODS]
     if unknown:
-        sys.exit(f"error: unknown methods {unknown}; choose from {train.METHODS}")
-    try:
-        if FLAGS.ablation != "none":
-            values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
-            imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100
-            table = ablate(FLAGS.workdir, FLAGS.ablation, values, FLAGS.budget, FLAGS.seeds, imbalance,
-                           list(overrides))
-        else:
-            table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
-                              [int(i) for i in FLAGS.imbalance], list(overrides))
-    except train.Interrupted as e:
-        sys.exit(f"{e}")
-    except (ValueError, FileNotFoundError, train.TrainingDiverged) as e:
-        sys.exit(f"error: {e}")
+        raise ValueError(f"unknown methods {unknown}; choose from {train.METHODS}")
+    # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
+    if FLAGS.ablation != "none":
+        values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
+        imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100
+        table = ablate(FLAGS.workdir, FLAGS.ablation, values, FLAGS.budget, FLAGS.seeds, imbalance,
+                       list(overrides))
+    else:
+        table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
+                          [int(i) for i in FLAGS.imbalance], list(overrides))
     print(table)
 
 
 if __name__ == "__main__":
     define_flags()
     config_overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-    app.run(lambda argv: main(argv, config_overrides),
+    from asyncjax import cli
+    cli.run(lambda argv: main(argv, config_overrides), __doc__,
             argv=[a for a in sys.argv if not a.startswith("--config.")])

@@ -111,7 +111,7 @@ def gradient_distortion(forward: Callable, params, labels, num_head: int):
 
 
 def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num_head: int,
-                     retention_weight: float, loss_config) -> Callable:
+                     retention_weight: float, loss_config, freeze_batch_norm: bool = False) -> Callable:
     """Phase II (Algorithm 1, lines 11-15; Eq. 9):
 
         L = mean_B (L_cls + L_intra) + lambda * L_dis(B)
@@ -119,6 +119,8 @@ def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num
     `old_variables` are the frozen phase-I backbone's {'params', 'batch_stats'};
     it runs in inference mode on the same augmented images. The graph of L_dis
     is the global batch: under jit the features are gathered across devices.
+    `freeze_batch_norm`: the trained model's BatchNorm runs in inference mode too, normalising
+    with (and keeping) phase I's running statistics instead of re-estimating them on X2 + M.
     """
 
     def step(state: TrainState, old_variables: dict, batch: dict, rng: jax.Array):
@@ -126,8 +128,11 @@ def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num
         old_features = jax.lax.stop_gradient(backbone.apply(old_variables, images, train=False))
 
         def loss_fn(params):
-            out, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                        train=True, mutable=["batch_stats"])
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            if freeze_batch_norm:
+                out, new_vars = model.apply(variables, images, train=False), {"batch_stats": state.batch_stats}
+            else:
+                out, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"])
             cls = losses.cross_entropy(out["logits"], batch["labels"])
             intra = losses.intra_margin_loss(out["cosine"], batch["labels"], batch["is_memory"], num_head,
                                              margin=loss_config.intra_margin, top_k=loss_config.intra_top_k)
@@ -139,7 +144,9 @@ def make_phase2_step(model, backbone, tx, schedule, preprocess: Callable, *, num
             return total, (out, new_vars["batch_stats"], {"cls": cls, "intra": intra, "dis": dis})
 
         (loss, (out, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics = {"loss": loss, **terms, "lr": schedule(state.step),
+        diagnostics = losses.retention_diagnostics(old_features, out["features"],
+                                                   temperature=loss_config.retention_temperature)
+        metrics = {"loss": loss, **terms, **diagnostics, "lr": schedule(state.step),
                    "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["labels"])}
         return _apply_gradients(state, tx, grads, batch_stats), metrics
 

@@ -26,18 +26,22 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from asyncjax import (augment, baselines, checkpointing, config_utils, evaluate, losses, memory, optim,
+from asyncjax import (augment, baselines, checkpointing, cli, config_utils, evaluate, losses, memory, optim,
                       pretrained, sharding, speed_choice, steps)
 from asyncjax.data import datasets, longtail
 from asyncjax.data.pipeline import InMemoryImages
 from asyncjax.data.sampling import EpochSampler
-from asyncjax.models import make_backbone, make_model
-from asyncjax.models.conv import conv_for
+from asyncjax.data.sampling import STRATEGIES
+from asyncjax.models import BACKBONES, HEADS, make_backbone, make_model
+from asyncjax.models.conv import CONV_WEIGHT_GRADS, conv_for
 from asyncjax.reporting import Reporter
 
 # Fields that must match to resume a workdir: a different value means other checkpoints.
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
-                 "model.head", "split.num_head_classes", "memory.per_class", "seed")
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from")
+# What a phase I depends on: phase1_from refuses a workdir whose phase I differs in any of them.
+PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_seed", "split.num_head_classes",
+               "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from")
 PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3, "classifier": 4}
 # "async" is the paper's method; the others train one joint phase over all classes, and
 # the decoupling baselines then re-train (cRT) or adjust (tau-norm, NCM) the classifier.
@@ -59,23 +63,72 @@ def _summary(accuracies: dict) -> str:
             f"medium {text(accuracies['medium'])}, few {text(accuracies['few'])})")
 
 
-class Interrupted(SystemExit):
-    """Raised after a checkpoint when SIGTERM/SIGINT arrived during training."""
+class Interrupted(cli.Interrupted):
+    """Raised after a checkpoint when SIGTERM/SIGINT arrived during training (exit status 3)."""
 
 
 class TrainingDiverged(FloatingPointError):
     pass
 
 
-def _get(config, dotted):
+def _get(config, dotted, default=""):
+    """config['a']['b'] for 'a.b'; `default` where a workdir written by an older version lacks it."""
     for part in dotted.split("."):
+        if part not in config:
+            return default
         config = config[part]
     return config
 
 
+def check_phase1_from(config, workdir: str) -> None:
+    """Refuses a phase1_from workdir that is not an async run of the same phase I (naming the
+    key), or this run's own workdir. Its finished phase I is checked by the Trainer."""
+    source = config.phase1_from
+    if not source:
+        return
+    if config.method != "async":
+        raise ValueError(f"phase1_from needs method=async, got {config.method!r}")
+    if os.path.abspath(source) == os.path.abspath(workdir):
+        raise ValueError("phase1_from is this run's own workdir; give another --workdir")
+    path = os.path.join(source, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"phase1_from: {source} holds no config.json (not a workdir of asyncjax.main)")
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("method") != "async":
+        raise ValueError(f"phase1_from: {source} is a method={saved.get('method')!r} run, not async")
+    ours = json.loads(config.to_json())
+    differing = [k for k in PHASE1_KEYS if _get(saved, k) != _get(ours, k)]
+    differing += [f"phase1.{k}" for k in sorted(ours["phase1"]) if saved["phase1"].get(k) != ours["phase1"][k]]
+    if differing:
+        raise ValueError(f"phase1_from: {source}'s phase I differs from this run's in "
+                         + ", ".join(f"{k} ({_get(saved, k)!r} there, {_get(ours, k)!r} here)" for k in differing))
+
+
+def phases_of(method: str) -> tuple[str, ...]:
+    """The recipes (config keys) that `method` trains with, in order."""
+    if method == "async":
+        return ("phase1", "phase2")
+    return ("phase1", "classifier") if method in ("crt", "lws") else ("phase1",)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    if config.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
+    """Every choice of every phase the method will run, checked before anything is read or
+    written: a typo fails in seconds, with the key named, not hours in when its phase starts."""
+    def one_of(key: str, allowed) -> None:
+        value = _get(config, key)
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {tuple(allowed)}, got {value!r}")
+
+    one_of("method", METHODS)
+    one_of("model.backbone", BACKBONES)
+    one_of("model.head", ("auto", *HEADS))
+    one_of("model.dtype", ("float32", "bfloat16"))
+    one_of("model.conv_weight_grad", CONV_WEIGHT_GRADS)
+    one_of("phase2_init", ("random", "imprint"))
+    one_of("loss.retention_reduction", ("mean", "sum"))
+    one_of("decoupling.ncm_metric", ("cosine", "euclidean"))
+    one_of("data.source", ("tfds", "list"))
     if config.method in ("async", "ldam_drw") and config.model.head != "cosine":
         raise ValueError(f"method={config.method} needs model.head='cosine' (it uses cosine scores)")
     if config.diagnostics.gradient_distortion and config.method != "plain":
@@ -85,12 +138,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"method={config.method} needs model.head='linear' (it rescales the linear classifier)")
     if config.memory.per_class < 1:
         raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
-    if config.phase2_init not in ("random", "imprint"):
-        raise ValueError(f"phase2_init must be 'random' or 'imprint', got {config.phase2_init!r}")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {config.model.dtype!r}")
+    if config.loss.retention_temperature <= 0:
+        raise ValueError(f"loss.retention_temperature must be > 0, got {config.loss.retention_temperature}")
     if config.steps_per_dispatch < 1:
         raise ValueError(f"steps_per_dispatch must be >= 1, got {config.steps_per_dispatch}")
+    for name in phases_of(config.method):
+        one_of(f"{name}.schedule", ("step", "cosine"))
+        one_of(f"{name}.sampler", STRATEGIES)
+        one_of(f"{name}.batch_norm", ("update", "freeze") if name == "phase2" else ("update",))
+        recipe = config[name]
+        for key in ("epochs", "batch_size", "base_batch_size"):
+            if recipe[key] < 1:
+                raise ValueError(f"{name}.{key} must be >= 1, got {recipe[key]}")
+        if not 0 <= recipe.warmup_epochs < recipe.epochs:
+            raise ValueError(f"{name}.warmup_epochs must be in [0, {name}.epochs), got {recipe.warmup_epochs}")
+        if recipe.schedule == "step" and not all(0 < f <= 1 for f in recipe.decay_fractions):
+            raise ValueError(f"{name}.decay_fractions must lie in (0, 1], got {tuple(recipe.decay_fractions)}")
 
 
 def _atomic_write_json(path: str, payload: dict) -> None:
@@ -100,9 +163,30 @@ def _atomic_write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def check_workdir(config, workdir: str) -> None:
-    """Writes config.json on a new workdir; refuses a workdir of another configuration."""
+def holds_progress(workdir: str) -> bool:
+    """A checkpoint, a memory bank or results: what a run of another configuration must not touch."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    saved = os.path.isdir(checkpoints) and any(
+        entry.isdigit() for phase in os.listdir(checkpoints) if os.path.isdir(os.path.join(checkpoints, phase))
+        for entry in os.listdir(os.path.join(checkpoints, phase)))
+    return saved or any(os.path.exists(os.path.join(workdir, f)) for f in ("memory_bank.npz", "results.json"))
+
+
+def check_workdir(config, workdir: str) -> str | None:
+    """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
+    configuration. A workdir with a config.json but nothing saved (a run stopped before its first
+    checkpoint) is taken over; returns a note saying so."""
     path = os.path.join(workdir, "config.json")
+    if os.path.exists(path) and not holds_progress(workdir):
+        with open(path) as f:
+            saved = ml_collections.ConfigDict(json.load(f))
+        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
+        if jax.process_index() == 0:
+            _atomic_write_json(path, json.loads(config.to_json()))
+        if differing:
+            return (f"workdir {workdir} held the configuration of a run that saved nothing "
+                    f"({', '.join(differing)} differed): taken over by this run")
+        return None
     if os.path.exists(path):
         with open(path) as f:
             saved = ml_collections.ConfigDict(json.load(f))
@@ -112,10 +196,11 @@ def check_workdir(config, workdir: str) -> None:
                              for k in differing)
             raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
                              f"({diff}); use another --workdir")
-        return
+        return None
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         _atomic_write_json(path, json.loads(config.to_json()))
+    return None
 
 
 class _StopFlag:
@@ -159,6 +244,16 @@ class Trainer:
         else:
             self.monitor = (self.data.test_images, self.test_labels, "test")
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
+        if config.phase1_from:  # Before any disk work: the source must hold a finished phase I.
+            head_rows = np.flatnonzero(self.train_labels < self.split.num_head)
+            total, latest = self.phase_total("phase1", head_rows), None
+            if os.path.isdir(os.path.join(config.phase1_from, "checkpoints", "phase1")):
+                source = self._source_phase1()
+                latest = source.latest_step()
+                source.close()
+            if latest != total:
+                raise ValueError(f"phase1_from: {config.phase1_from} has no finished phase I "
+                                 f"(latest phase-I checkpoint: {latest}, of {total} steps)")
         self.mesh = sharding.make_mesh(config.mesh.model)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
         # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
@@ -168,7 +263,12 @@ class Trainer:
             image_size=self.data.image_shape[0], dtype=config.model.dtype, mesh=self.mesh,
             compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append))
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
-        check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
+        check_phase1_from(config, workdir)
+        if config.init_from:  # Names and shapes against this backbone, before any disk work.
+            pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
+        taken_over = check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
+        if taken_over:
+            notes.append(taken_over)
         self.reporter = Reporter(workdir)
         if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
                 and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
@@ -230,6 +330,32 @@ class Trainer:
             keep = np.ones(len(predictions), bool) if k is None else labels < k
             results.append(evaluate.shot_accuracy(predictions[keep], labels[keep], self.counts))
         return results
+
+    def phase_total(self, name: str, rows: np.ndarray) -> int:
+        """Optimiser steps of phase `name` over `rows`."""
+        recipe = {"phase2": self.config.phase2, "classifier": self.config.classifier}.get(name, self.config.phase1)
+        sampler = EpochSampler(self.train_labels[rows], recipe.batch_size, seed=self.config.seed,
+                               phase=PHASE_IDS[name], strategy=recipe.sampler, total_epochs=recipe.epochs,
+                               max_steps_per_epoch=recipe.max_steps_per_epoch)
+        return recipe.epochs * sampler.steps_per_epoch
+
+    def _source_phase1(self) -> checkpointing.PhaseCheckpoints:
+        return checkpointing.PhaseCheckpoints(os.path.join(self.config.phase1_from, "checkpoints", "phase1"),
+                                              read_only=True)
+
+    def load_phase1(self, num_head: int):
+        """(model, state, phase-I seconds) of phase1_from's final phase-I checkpoint, placed as
+        this run's phase I would place it. The source workdir is only read."""
+        recipe = self.config.phase1
+        tx, _ = optim.make_optimizer(recipe, 1)
+        model = self.model(num_head)
+        abstract = jax.eval_shape(lambda: self.initial_state(model, tx))
+        source = self._source_phase1()
+        state, meta = source.restore(source.latest_step(), checkpointing.abstract_with_shardings(
+            abstract, sharding.state_shardings(abstract, self.mesh)))
+        source.close()
+        self.reporter.info(f"phase1: from {self.config.phase1_from} (step {int(state.step)}, not trained here)")
+        return model, state, float(meta.get("elapsed_s", 0.0))
 
     # ---- one phase -----------------------------------------------------------------------
     def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
@@ -463,9 +589,15 @@ class Trainer:
         init1 = self.initial_state
         make_step1 = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
             model, tx, schedule, self.train_preprocess)
-        model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
+        if self.config.phase1_from:
+            model1, state1, seconds1 = self.load_phase1(c1)
+        else:
+            model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
         head, everything = self.accuracy(model1, state1, (c1, None))
         phase1_result = {"head": self._percent(head), "all": self._percent(everything)}
+        val1 = self.val_accuracy(model1, state1, c1)
+        if val1:  # The phase-I model on the validation images of its own (head) classes.
+            phase1_result["val_head"] = val1
         self.reporter.info(f"phase1 final test accuracy: head classes {phase1_result['head']['overall']:.2f}%, "
                            f"all classes {phase1_result['all']['overall']:.2f}%")
 
@@ -500,13 +632,14 @@ class Trainer:
         backbone = make_backbone(self.config.model.backbone, self.dtype, self.conv)
         make_step2 = lambda model, tx, schedule, steps_per_epoch: steps.make_phase2_step(
             model, backbone, tx, schedule, self.train_preprocess, num_head=c1, retention_weight=weight,
-            loss_config=self.config.loss)
+            loss_config=self.config.loss, freeze_batch_norm=self.config.phase2.batch_norm == "freeze")
         is_memory = lambda rows, labels: {"is_memory": (labels < c1).astype(np.float32)}
         model2, state2, seconds2 = self.train_phase(
             "phase2", c, rows2, init2, make_step2, extra_inputs=(old_variables,),
             extra_shardings=(old_shardings,), batch_extras=is_memory,
             meta_extra={"memory_bank": bank.tolist()})
         return {**self.final_accuracy(model2, state2), "phase1": phase1_result,
+                "phase1_from": self.config.phase1_from or None,
                 "num_head_classes": c1, "retention_weight": weight,
                 "memory_bank_size": int((bank >= 0).sum()), "phase2_rows": int(len(rows2)),
                 "wall_time_s": {"phase1": seconds1, "memory_bank": seconds_bank, "phase2": seconds2}}
@@ -514,9 +647,16 @@ class Trainer:
     def memory_bank(self, model1, state1, head_rows) -> np.ndarray:
         """Exemplar indices (into the LT training set) per head class; saved to memory_bank.npz."""
         path = os.path.join(self.workdir, "memory_bank.npz")
-        if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as saved:
-                return saved["bank"]
+        source = os.path.join(self.config.phase1_from, "memory_bank.npz") if self.config.phase1_from else ""
+        for candidate in (path, source):
+            if candidate and os.path.exists(candidate):
+                with np.load(candidate, allow_pickle=False) as saved:
+                    bank = saved["bank"]
+                if bank.shape[1] == self.config.memory.per_class:  # The source's, when K is the same.
+                    if candidate == source and jax.process_index() == 0:
+                        np.savez(path + ".tmp.npz", bank=bank, rank_to_class=self.split.rank_to_class)
+                        os.replace(path + ".tmp.npz", path)
+                    return bank
         _, features = self.predict(model1, state1, self.data.train_images, head_rows)
         local = memory.build_memory_bank(features, self.train_labels[head_rows], np.arange(self.split.num_head),
                                          self.config.memory.per_class,
@@ -544,9 +684,21 @@ class Trainer:
         return {k: None if np.isnan(v) else 100.0 * v for k, v in accuracies.items()}
 
     def final_accuracy(self, model, state) -> dict:
-        """Overall / shot accuracies (percent), plus the per-class accuracy by output row."""
+        """Overall / shot accuracies (percent), plus the per-class accuracy by output row, on the
+        test split; and `val`, the same on the validation split where there is one."""
         predictions, _ = self.predict(model, state, self.data.test_images)
-        return self.accuracy_of(predictions)
+        result = self.accuracy_of(predictions)
+        val = self.val_accuracy(model, state)
+        return {**result, "val": val} if val else result
+
+    def val_accuracy(self, model, state, num_classes: int | None = None) -> dict | None:
+        """Shot accuracies (percent) on the validation split, over its images of the first
+        `num_classes` output rows (all: None), with `classes`: how many classes have images there."""
+        if self.monitor[2] != "val":
+            return None
+        acc, = self.accuracy(model, state, (num_classes,), monitor=True)
+        labels = self.monitor[1] if num_classes is None else self.monitor[1][self.monitor[1] < num_classes]
+        return {**self._percent(acc), "classes": int(len(np.unique(labels)))}
 
     def accuracy_of(self, predictions: np.ndarray) -> dict:
         per_class = evaluate.per_class_accuracy(predictions, self.test_labels, self.split.num_classes)

@@ -39,6 +39,9 @@ def get_config(arg=None):
             phase.epochs = 3
             phase.warmup_epochs = 1
             phase.max_steps_per_epoch = 8
+        # cRT / LWS re-train the classifier afterwards: shrunk as well (it was 1,690 steps).
+        config.classifier.epochs = 2
+        config.classifier.max_steps_per_epoch = 8
         config.log_every_steps = 4
         config.eval_every_epochs = 2
         config.checkpoint_every_steps = 10

@@ -82,3 +82,21 @@ def test_shot_groups(seed):
     for c, n in enumerate(counts):
         name = "many" if n > 100 else ("medium" if n >= 20 else "few")
         assert groups[name][c] and sum(g[c] for g in groups.values()) == 1
+
+
+def test_validation_split_is_disjoint_seeded_and_capped(cifar100_dir):
+    """On real CIFAR-100 (IF100): never a training row, at most 20 per class, none for the class
+    kept whole, the same for the same seed; the test split is another file altogether."""
+    from asyncjax.data import cifar
+    _, labels = cifar.load_cifar100("train", cifar100_dir)
+    counts = longtail.lt_counts(100, 500, 100)
+    kept = longtail.subsample_long_tail(labels, counts, seed=0)
+    val = longtail.validation_split(labels, kept, 20, seed=0)
+    assert not set(val) & set(kept)
+    per_class = np.bincount(labels[val], minlength=100)
+    assert per_class[0] == 0  # 500 of 500 kept: nothing left over.
+    np.testing.assert_array_equal(per_class, np.minimum(20, 500 - counts))
+    np.testing.assert_array_equal(longtail.validation_split(labels, kept, 20, seed=0), val)
+    assert not np.array_equal(longtail.validation_split(labels, kept, 20, seed=1), val)
+    # A larger split draws more images, never other training images.
+    assert set(val) <= set(longtail.validation_split(labels, kept, 30, seed=0))

@@ -155,3 +155,24 @@ def test_cross_entropy_matches_reference(seed):
 def test_retention_weight():
     assert losses.retention_weight(294, 71) == pytest.approx(2.035, abs=1e-3)  # Places-LT, Appendix A.
     assert losses.retention_weight(70, 30, base=2.0) == pytest.approx(2 * np.sqrt(70 / 30))
+
+
+def test_retention_diagnostics_match_numpy():
+    rng = np.random.default_rng(4)
+    old = rng.normal(size=(16, 8))
+    new = old + rng.normal(scale=0.3, size=(16, 8))
+    new[3] = old[5]  # One old node whose nearest new node is another's.
+    for tau in (1.0, 0.1):
+        got = {k: float(v) for k, v in losses.retention_diagnostics(jnp.asarray(old, jnp.float32),
+                                                                    jnp.asarray(new, jnp.float32),
+                                                                    temperature=tau).items()}
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+        o, n = unit(old), unit(new)
+        logits = o @ n.T / tau
+        a = np.exp(logits - logits.max(axis=1, keepdims=True))
+        a /= a.sum(axis=1, keepdims=True)
+        neighbours = np.mean(np.exp(-(a * np.log(a)).sum(axis=1)))
+        np.testing.assert_allclose(got["attention_neighbours"], neighbours, rtol=1e-4)
+        assert got["self_match_rate"] == np.mean(a.argmax(axis=1) == np.arange(16))
+        np.testing.assert_allclose(got["self_distance"], np.linalg.norm(o - n, axis=1).mean(), rtol=1e-5)
+    assert 1.0 <= got["attention_neighbours"] < 16  # Well defined at tau = 0.1, not uniform.

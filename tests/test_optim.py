@@ -4,6 +4,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from asyncjax import config_utils, optim
 from asyncjax.models import make_model
@@ -37,9 +38,12 @@ def _pytorch_sgd(params, grads_per_step, lrs, weight_decay, momentum, exempt=())
     return params
 
 
-def test_update_matches_pytorch_sgd_with_coupled_decay_momentum_and_head_multiplier():
+@pytest.mark.parametrize("head_multiplier,backbone_multiplier", [(10.0, 1.0), (1.0, 0.1), (100.0, 0.5)])
+def test_update_matches_pytorch_sgd_with_coupled_decay_momentum_and_multipliers(head_multiplier,
+                                                                               backbone_multiplier):
     recipe = config_utils.phase_recipe(epochs=1, batch_size=4, base_lr=0.1, base_batch_size=4, schedule="step",
-                                       weight_decay=5e-3, momentum=0.9, head_lr_multiplier=10.0)
+                                       weight_decay=5e-3, momentum=0.9, head_lr_multiplier=head_multiplier,
+                                       backbone_lr_multiplier=backbone_multiplier)
     tx, schedule = optim.make_optimizer(recipe, steps_per_epoch=100)
     rng = np.random.default_rng(0)
     params = {"backbone": {"bn": {"scale": rng.normal(size=3)}, "conv": {"kernel": rng.normal(size=(2, 3))}},
@@ -50,7 +54,8 @@ def test_update_matches_pytorch_sgd_with_coupled_decay_momentum_and_head_multipl
     for g in grads:
         updates, state = tx.update(g, state, current)
         current = jax.tree.map(lambda p, u: p + u, current, updates)
-    lrs = [{name: float(schedule(t)) * (10.0 if name.startswith("head") else 1.0) for name in _flat(params)}
+    lrs = [{name: float(schedule(t)) * (head_multiplier if name.startswith("head") else backbone_multiplier)
+            for name in _flat(params)}
            for t in range(3)]
     want = _pytorch_sgd(_flat(params), [_flat(g) for g in grads], lrs, 5e-3, 0.9, exempt=("head/scale",))
     got = _flat(current)

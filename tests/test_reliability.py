@@ -127,8 +127,9 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterr
 
 
 def test_bad_input_creates_no_workdir(tmp_path, tiny_cifar):
-    result = helpers.run_main(tmp_path / "new", tiny_cifar, *helpers.TINY, "--config.memory.per_class=0")
-    assert result.returncode != 0 and "memory.per_class must be >= 1" in result.stderr
+    result = helpers.run_main(tmp_path / "new", tiny_cifar, *helpers.TINY, "--config.model.backbone=resnet33")
+    assert result.returncode == 2 and "model.backbone must be one of" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # One line, no traceback.
     assert not (tmp_path / "new").exists()
 
 
@@ -255,3 +256,81 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     output = (workdir / "log.txt").read_text()
     assert f"phase II data: {tail} tail + bank" in output
     assert f"phase2: {tail + results['memory_bank_size']} training images" in output
+
+
+def _tiny_config(tiny_cifar, *overrides):
+    from asyncjax import config_utils
+    config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
+    config_utils.apply_overrides(config, [f"--config.data.cifar100_dir={tiny_cifar}", *helpers.TINY, *overrides])
+    return config
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["--config.model.backbone=resnet33"], "model.backbone"),
+    (["--config.phase2.schedule=cos"], "phase2.schedule"),
+    (["--config.loss.retention_reduction=avg"], "loss.retention_reduction"),
+    (["--config.phase1.sampler=balanced"], "phase1.sampler"),
+    (["--config.phase2.warmup_epochs=2"], "phase2.warmup_epochs"),
+    (["--config.method=crt", "--config.classifier.sampler=cb"], "classifier.sampler"),
+    (["--config.model.head=cosinus"], "model.head"),
+])
+def test_a_typo_in_any_phase_fails_before_anything_is_written(tmp_path, tiny_cifar, overrides, named):
+    from asyncjax import train
+    with pytest.raises(ValueError, match=re.escape(named)):
+        train.Trainer(_tiny_config(tiny_cifar, *overrides), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_init_from_that_does_not_fit_is_refused_before_the_disk(tmp_path, tiny_cifar):
+    import jax
+    import jax.numpy as jnp
+
+    from asyncjax import train
+    from asyncjax.archive import flatten
+    from asyncjax.models import make_backbone
+    wrong = make_backbone("resnet32").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    np.savez(tmp_path / "r32.npz", **flatten({"params": {"backbone": wrong["params"]},
+                                              "batch_stats": {"backbone": wrong["batch_stats"]}}))
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        train.Trainer(_tiny_config(tiny_cifar, f"--config.init_from={tmp_path / 'r32.npz'}"), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_workdir_with_a_config_but_nothing_saved_is_taken_over(tmp_path, tiny_cifar, capsys):
+    from asyncjax import train
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    stale = json.loads(_tiny_config(tiny_cifar, "--config.memory.per_class=7").to_json())
+    (workdir / "config.json").write_text(json.dumps(stale))
+    train.Trainer(_tiny_config(tiny_cifar), str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["memory"]["per_class"] == 3
+    assert "taken over" in capsys.readouterr().out
+
+
+def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted):
+    """--config.phase1_from=A: phase II (here with another tau) from A's finished phase I and bank;
+    A is never written; a phase I of another configuration is refused with the key named."""
+    before = _snapshot(uninterrupted)
+    workdir = tmp_path / "variant"
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
+                              "--config.loss.retention_temperature=0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"phase1: from {uninterrupted}" in result.stdout and "phase1 epoch" not in result.stdout
+    assert _snapshot(uninterrupted) == before
+    a = json.loads((uninterrupted / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
+    assert b["phase1_from"] == str(uninterrupted) and "val" in b
+    assert b["phase1"]["head"] == a["phase1"]["head"]  # The same phase-I model.
+    np.testing.assert_array_equal(np.load(workdir / "memory_bank.npz")["bank"],
+                                  np.load(uninterrupted / "memory_bank.npz")["bank"])
+    refused = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.seed=1",
+                               f"--config.phase1_from={uninterrupted}")
+    assert refused.returncode == 2 and "seed" in refused.stderr and "phase1_from" in refused.stderr
+    assert not (tmp_path / "other").exists()
+    recipe = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.phase1.epochs=3",
+                              f"--config.phase1_from={uninterrupted}")
+    assert recipe.returncode == 2 and "phase1.epochs" in recipe.stderr
+    # The variant trained no phase I of its own: nothing to start from.
+    unfinished = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, f"--config.phase1_from={workdir}")
+    assert unfinished.returncode == 2 and "no finished phase I" in unfinished.stderr
+    assert not (tmp_path / "other").exists()

@@ -71,3 +71,15 @@ def test_tfds_source_under_mock_data(name, split, num_classes):
 def test_tfds_source_not_prepared_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not prepared in .*tfds build"):
         sources.TfdsSource("imagenet_lt", "train", data_dir=str(tmp_path))
+
+
+def test_real_tfds_builders_load_and_an_unprepared_dataset_is_one_line(tmp_path):
+    """Not under mock data: tfds's real builder code runs (it imports importlib_resources, which a
+    fresh install lacked), and an unprepared dataset is the project's one-line message."""
+    for name in ("imagenet_lt", "i_naturalist2018", "cifar100"):
+        builder = tfds.builder(name, data_dir=str(tmp_path / "empty"))
+        assert builder.info.features["label"].num_classes in (1000, 8142, 100)
+        assert builder.code_path.exists()  # What download_and_prepare reads first; needs importlib_resources.
+    with pytest.raises(FileNotFoundError, match="is not prepared in") as caught:
+        sources.TfdsSource("imagenet_lt", "train", data_dir=str(tmp_path / "empty"))
+    assert not isinstance(caught.value.__cause__, ImportError), caught.value.__cause__

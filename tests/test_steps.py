@@ -186,3 +186,28 @@ def test_gradient_distortion_matches_separate_gradients():
     np.testing.assert_allclose(metrics["grad_norm_tail"], np.linalg.norm(t), rtol=1e-3)
     np.testing.assert_allclose(metrics["grad_cos_head"], h @ a / np.linalg.norm(h) / np.linalg.norm(a), atol=1e-3)
     np.testing.assert_allclose(metrics["grad_cos_tail"], t @ a / np.linalg.norm(t) / np.linalg.norm(a), atol=1e-3)
+
+
+def test_phase2_with_frozen_batch_norm_keeps_phase1_statistics():
+    num_head, num_classes = 3, 6
+    tx, schedule, model, batch = _setup(num_classes)
+    batch["is_memory"] = (batch["labels"] < num_head).astype(jnp.float32)
+    state = steps.init_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    # Running statistics as phase I would leave them (not the init's zeros and ones).
+    state = state.replace(batch_stats=jax.tree.map(lambda x: x + 0.3, state.batch_stats))
+    old = {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}
+    results = {}
+    for freeze in (False, True):
+        step = jax.jit(steps.make_phase2_step(model, make_backbone("resnet8"), tx, schedule, augment.cifar_eval,
+                                              num_head=num_head, retention_weight=1.0, loss_config=LOSS_CONFIG,
+                                              freeze_batch_norm=freeze))
+        results[freeze] = step(state, old, batch, jax.random.key(1))
+    frozen_state, frozen_metrics = results[True]
+    for got, want in zip(jax.tree.leaves(frozen_state.batch_stats), jax.tree.leaves(state.batch_stats)):
+        np.testing.assert_array_equal(got, want)
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(results[False][0].batch_stats),
+                                                      jax.tree.leaves(state.batch_stats))]
+    assert all(moved)  # "update" re-estimates them on the batch.
+    # Frozen: the forward pass is the inference-mode one, so the new features equal the old model's
+    # at the first step (same weights, same statistics): L_dis's self-distances are zero.
+    assert float(frozen_metrics["self_distance"]) < 1e-5 < float(results[False][1]["self_distance"])

@@ -18,6 +18,8 @@ def tiny_cifar(tmp_path_factory):
 def test_config_files_load_and_override():
     config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=200,smoke=True")
     assert config.data.imbalance == 200 and config.model.backbone == "resnet8"
+    # smoke shrinks every phase, the classifier re-training of cRT / LWS too.
+    assert all(config[p].epochs * config[p].max_steps_per_epoch <= 24 for p in ("phase1", "phase2", "classifier"))
     assert config.phase1.base_lr * config.phase1.batch_size / config.phase1.base_batch_size == 0.1
     full = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
     assert full.phase1.epochs == 200 and full.model.backbone == "resnet32" and full.method == "async"
@@ -59,7 +61,11 @@ def test_smoke_run_on_real_cifar100_lt(tmp_path, cifar100_dir, method):
     for key in ("overall", "many", "medium", "few"):
         assert 0.0 <= results[key] <= 100.0
     assert "re-split" in results["data_note"]
+    # The validation split (99 classes: the largest keeps all its images) for the final model.
+    assert results["val"]["classes"] == 99 and 0 <= results["val"]["overall"] <= 100
+    assert "val (monitoring only)" in result.stdout and "test (monitoring only)" not in result.stdout
     if method == "async":
+        assert results["phase1"]["val_head"]["classes"] == 69
         assert results["num_head_classes"] == 70 and results["memory_bank_size"] == 700
         assert set(results["phase1"]) == {"head", "all"}
         assert set(results["wall_time_s"]) == {"phase1", "memory_bank", "phase2"}

@@ -56,7 +56,13 @@ def load_cifar100_tfds(split: str, data_dir: str | None = None) -> tuple[np.ndar
     """
     import tensorflow_datasets as tfds  # Imported lazily: only this source needs it.
 
-    source = tfds.data_source("cifar100", split=split, data_dir=data_dir, download=True)
+    try:
+        source = tfds.data_source("cifar100", split=split, data_dir=data_dir, download=True)
+    except Exception as e:  # Offline, a proxy, a half-prepared directory: one line that says what to do.
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise FileNotFoundError(
+            f"CIFAR-100 through TFDS failed ({type(e).__name__}: {reason}); on a machine without network, pass "
+            "--config.data.cifar100_dir=DIR (the official cifar-100-binary layout)") from e
     images = np.empty((len(source),) + IMAGE_SHAPE, np.uint8)
     labels = np.empty((len(source),), np.int64)
     for i in range(len(source)):

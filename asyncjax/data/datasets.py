@@ -6,9 +6,10 @@ stream through grain (`StreamingImages`) from TFDS or from split lists over an
 image folder (`--config.data.source=tfds|list`).
 
 Splits: the final figures come from `test`. Monitoring during training uses
-`val` where the benchmark has a separate validation split (ImageNet-LT, Places-LT),
-so nothing is ever looked at on the test split before the end. CIFAR-100-LT has no
-validation split and iNaturalist 2018 reports on its validation split, as the field does.
+`val` where the benchmark has one (ImageNet-LT, Places-LT; CIFAR-100-LT's is drawn from the
+training images its long-tailed subset leaves out, `data.val_per_class`), so nothing is looked at
+on the test split before the end. iNaturalist 2018 has no third split and reports on its
+validation split, as the field does.
 """
 from __future__ import annotations
 
@@ -78,8 +79,12 @@ def load_cifar100_lt(data_config) -> LongTailData:
     note = ""
     if directory and "shared" in str(directory).split("/"):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
+    val_images = val_labels = None
+    if data_config.get("val_per_class", 0) > 0:  # Monitoring and free choices use it; test is read once.
+        val = longtail.validation_split(train_labels, keep, data_config.val_per_class, data_config.subsample_seed)
+        val_images, val_labels = InMemoryImages(train_images[val]), train_labels[val]
     return LongTailData(InMemoryImages(train_images[keep]), train_labels[keep], InMemoryImages(test_images),
-                        test_labels, cifar.NUM_CLASSES, note)
+                        test_labels, cifar.NUM_CLASSES, note, val_images=val_images, val_labels=val_labels)
 
 
 def make_source(name: str, split: str, data_config):

@@ -62,6 +62,22 @@ def subsample_long_tail(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
+def validation_split(labels: np.ndarray, kept: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of a validation split drawn from the rows a long-tailed subset leaves out
+    (METHOD.md, CIFAR-100-LT): up to `per_class` of each class, the first of a seeded permutation
+    of its left-out rows, so never a training row (and, taken from the training split, never a
+    test image). A class the subset keeps whole (the largest) has none. Sorted ascending.
+    The generator is seeded with (seed, 1), a stream of its own: changing the validation size
+    never changes which images train."""
+    labels = np.asarray(labels)
+    left_out = np.ones(len(labels), bool)
+    left_out[np.asarray(kept)] = False
+    rng = np.random.default_rng([seed, 1])
+    chosen = [rng.permutation(np.flatnonzero(left_out & (labels == c)))[:per_class]
+              for c in range(int(labels.max()) + 1)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 def rank_classes(counts: np.ndarray) -> np.ndarray:
     """Class ids ordered by training count, descending; ties by id, ascending.
 
