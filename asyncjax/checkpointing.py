@@ -12,6 +12,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class PhaseCheckpoints:
@@ -21,9 +22,15 @@ class PhaseCheckpoints:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        level = logging.get_verbosity()
+        if read_only:  # Orbax warns "Given directory is read only" on every read-only open: as asked.
+            logging.set_verbosity(logging.ERROR)
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        finally:
+            logging.set_verbosity(level)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

@@ -147,6 +147,31 @@ def plot_ablation(plt, ablation: dict, path):
     plt.close(fig)
 
 
+def plot_study(plt, study: dict, path):
+    """One panel per factor of a phase-II study: validation overall / Many / Medium / Few
+    (mean over seeds, std as error bars) against the factor's values."""
+    import numpy as np
+
+    factors = list(dict.fromkeys(row["key"] for row in study["rows"]))
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.4), squeeze=False)
+    for ax, factor in zip(axes[0], factors):
+        rows = [row for row in study["rows"] if row["key"] == factor]
+        x = np.arange(len(rows))
+        for key, style in (("overall", "ko-"), ("many", "s--"), ("medium", "^--"), ("few", "v--")):
+            present = [[v for v in row[key] if v is not None] for row in rows]
+            means = [np.mean(v) if v else np.nan for v in present]
+            stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
+            ax.errorbar(x, means, yerr=stds, fmt=style, capsize=3, label=key)
+        ax.set_xticks(x, [row["value"] for row in rows])
+        ax.set_xlabel(factor, fontsize=8)
+    axes[0][0].set_ylabel("validation top-1 (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"phase-II study, budget {study['budget']}, {study['seeds']} phase I(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_table(plt, table: dict, path):
     """The reproduction table as bars: per method and imbalance, overall / Many / Medium / Few
     (mean over seeds, std as error bars), and the paper's overall as a marker."""
@@ -183,14 +208,16 @@ def make_plots(workdir: str, output: str | None = None, baseline: str | None = N
     output = output or os.path.join(workdir, "plots")
     ablations = sorted(glob.glob(os.path.join(workdir, "ablation_*.json")))
     tables = sorted(glob.glob(os.path.join(workdir, "cifar100_lt_*.json")))
-    if (ablations or tables) and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    studies = sorted(glob.glob(os.path.join(workdir, "study_phase2_*.json")))
+    if (ablations or tables or studies) and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.makedirs(output, exist_ok=True)
         written = []
-        for path in ablations + tables:
+        for path in ablations + tables + studies:
             with open(path) as f:
                 figures = json.load(f)
             name = os.path.basename(path)[:-len(".json")] + ".png"
-            (plot_table if path in tables else plot_ablation)(plt, figures, os.path.join(output, name))
+            draw = plot_table if path in tables else plot_study if path in studies else plot_ablation
+            draw(plt, figures, os.path.join(output, name))
             written.append(os.path.join(output, name))
         return written
     series = read_metrics(workdir)

@@ -12,8 +12,18 @@ to every row, e.g. --config.data.cifar100_dir=PATH.
 Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 8
 (sized so that a seed of a row takes about 15 minutes on a quiet 2-core CPU at
 ~100 img/s and a 3-seed row about an hour; measured wall times are in RESULTS.md),
-full = 200 (the paper's). The warm-up keeps the recipe's share of the
+medium = 30, full = 200 (the paper's). The warm-up keeps the recipe's share of the
 epochs (5 of 200, at least 1); the lr steps and DRW's start are fractions already.
+
+The phase-II study (settings chosen on the validation split, never on test):
+
+    python -m asyncjax.reproduce --study=phase2 --budget=medium --seeds=2 --workdir=DIR \
+        --config.data.cifar100_dir=PATH [--factors=loss.retention_temperature,phase2.base_lr]
+
+trains the defaults once per seed (DIR/base_seed<s>, a whole async run) and each factor's other
+values from that run's phase I (--config.phase1_from), and writes DIR/study_phase2_<budget>.md and
+.json with the validation split's overall / Many / Medium / Few (plot: `python -m asyncjax.plot
+--workdir=DIR`). The factors and values are reproduce.STUDY.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 
@@ -39,7 +49,9 @@ def define_flags():
     """The command line's flags; defined only when run as a program, so that importing
     row_config or the table writer (tests, notebooks) never clashes with another tool's flags."""
     flags.DEFINE_enum("table", "cifar100_lt", ["cifar100_lt"], "Which paper table to reproduce.")
-    flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "full"], "Training budget of every row.")
+    flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "medium", "full"],
+                      "Training budget of every row: smoke (CI), short (8 epochs per phase), medium (30), "
+                      "full (the paper's 200).")
     flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
     flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
     flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
@@ -47,6 +59,9 @@ def define_flags():
     flags.DEFINE_enum("ablation", "none", ["none", "memory_size", "lambda", "split"],
                       "Run an ablation of the async method instead of the table.")
     flags.DEFINE_list("values", [], "Ablation values (default: the ablation's own list).")
+    flags.DEFINE_enum("study", "none", ["none", "phase2"],
+                      "phase2: phase-II variants, each from the same phase I (phase1_from), on validation.")
+    flags.DEFINE_list("factors", list(STUDY), "With --study: the factors to vary (default: all).")
     flags.mark_flag_as_required("workdir")
 
 
@@ -64,7 +79,22 @@ PAPER = {
     "plain": {200: 39.35, 100: 42.48, 50: 47.61},      # "Ours (plain)".
     "async": {200: 40.53, 100: 44.79, 50: 49.32},      # "Ours".
 }
-EPOCHS = {"short": 8, "full": 200}
+EPOCHS = {"short": 8, "medium": 30, "full": 200}
+
+# The phase-II study: each factor varied alone from the defaults (values typed by the config;
+# phase2.epoch_fraction is phase II's epochs as a fraction of phase I's). Validation split only.
+STUDY = {
+    "loss.retention_temperature": ["1", "0.3", "0.1", "0.03", "0.01"],
+    "loss.retention_weight_base": ["0", "0.5", "1", "2", "4"],
+    "loss.retention_reduction": ["mean", "sum"],
+    "phase2.base_lr": ["0.1", "0.03", "0.01"],
+    "phase2.backbone_lr_multiplier": ["1", "0.1"],
+    "phase2.batch_norm": ["update", "freeze"],
+    "phase2_init": ["random", "imprint"],
+    "memory.per_class": ["5", "10", "20"],
+    "phase2.sampler": ["instance", "class_balanced"],
+    "phase2.epoch_fraction": ["1", "0.5", "0.25"],
+}
 
 
 def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: list[str]):
@@ -193,6 +223,77 @@ def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: 
     return text
 
 
+def variant_config(key: str, value: str, seed: int, budget: str, overrides, base_dir: str):
+    """The study's variant: the defaults with `key` = `value`, phase II from `base_dir`'s phase I."""
+    config = row_config("async", 100, seed, budget, overrides)
+    if key == "phase2.epoch_fraction":
+        recipe = config.phase2
+        recipe.epochs = max(1, int(round(float(value) * config.phase1.epochs)))
+        recipe.warmup_epochs = min(recipe.warmup_epochs, recipe.epochs - 1)
+    else:
+        from asyncjax import config_utils
+        config_utils.apply_overrides(config, [f"--config.{key}={value}"])
+    config.phase1_from = base_dir
+    return config
+
+
+def _is_default(key: str, value: str, base) -> bool:
+    if key == "phase2.epoch_fraction":
+        return float(value) == base.phase2.epochs / base.phase1.epochs
+    probe = base.copy_and_resolve_references()
+    from asyncjax import config_utils
+    config_utils.apply_overrides(probe, [f"--config.{key}={value}"])
+    node, other = probe, base
+    for part in key.split("."):
+        node, other = node[part], other[part]
+    return node == other
+
+
+def study(workdir: str, budget: str, seeds: int, factors, overrides) -> str:
+    """Phase II from one phase I per seed: the defaults (`base_seed<s>`, a whole async run) and each
+    factor's other values from its phase I (`<key>=<value>_seed<s>`). Validation figures only: the
+    settings are chosen on them, never on the test split."""
+    from asyncjax import train
+    unknown = [f for f in factors if f not in STUDY]
+    if unknown:
+        raise ValueError(f"unknown study factors {unknown}; choose from {list(STUDY)}")
+    bases = {}
+    for seed in range(seeds):
+        base_dir = os.path.join(workdir, f"base_seed{seed}")
+        print(f"=== study phase2, defaults, seed {seed}: {base_dir}", flush=True)
+        bases[seed] = (base_dir, row_config("async", 100, seed, budget, overrides),
+                       train.run(row_config("async", 100, seed, budget, overrides), base_dir))
+    rows = []
+    for key in factors:
+        for value in STUDY[key]:
+            results = []
+            for seed, (base_dir, base_config, base_results) in bases.items():
+                if _is_default(key, value, base_config):
+                    results.append(base_results)
+                    continue
+                directory = os.path.join(workdir, f"{key}={value}_seed{seed}")
+                print(f"=== study phase2, {key} = {value}, seed {seed}: {directory}", flush=True)
+                results.append(train.run(variant_config(key, value, seed, budget, overrides, base_dir), directory))
+            rows.append({"key": key, "value": value, "seeds": len(results),
+                         "val_classes": results[0]["val"]["classes"],
+                         **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
+                         "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]})
+    stem = os.path.join(workdir, f"study_phase2_{budget}")
+    lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds} phase I(s)", "",
+             f"Top-1 accuracy (%) on the validation split ({rows[0]['val_classes'] if rows else '-'} classes "
+             "with validation images); mean ± std over seeds. Each factor varies alone from the defaults; "
+             "every variant starts from its seed's phase I. The test split is not read here.", "",
+             "| factor | value | overall | many | medium | few |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['key']} | {row['value']} | " + " | ".join(
+            _mean_std(row[k]) for k in ("overall", "many", "medium", "few")) + " |")
+    text = "\n".join(lines) + "\n"
+    _write_atomically(stem + ".md", text)
+    _write_atomically(stem + ".json", json.dumps({"study": "phase2", "budget": budget, "seeds": seeds,
+                                                  "rows": rows}))
+    return text
+
+
 def main(argv, overrides=()):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -204,7 +305,9 @@ def main(argv, overrides=()):
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {train.METHODS}")
     # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
-    if FLAGS.ablation != "none":
+    if FLAGS.study != "none":
+        table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides))
+    elif FLAGS.ablation != "none":
         values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
         imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100
         table = ablate(FLAGS.workdir, FLAGS.ablation, values, FLAGS.budget, FLAGS.seeds, imbalance,

@@ -229,6 +229,7 @@ class Trainer:
     def __init__(self, config, workdir: str):
         config_utils.resolve_head(config)  # model.head=auto -> the method's own head.
         validate_config(config)
+        check_phase1_from(config, workdir)
         self.config = config
         self.workdir = workdir
         self.data = datasets.load(config)
@@ -263,7 +264,6 @@ class Trainer:
             image_size=self.data.image_shape[0], dtype=config.model.dtype, mesh=self.mesh,
             compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append))
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
-        check_phase1_from(config, workdir)
         if config.init_from:  # Names and shapes against this backbone, before any disk work.
             pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
         taken_over = check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.

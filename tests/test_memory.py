@@ -97,3 +97,24 @@ def test_padded_lengths_cover_the_class_and_pad_by_less_than_half():
     lengths = [memory._padded_length(rows) for rows in range(1, 3000)]
     assert all(length >= rows and (length <= 4 or length < 1.5 * rows) for rows, length in enumerate(lengths, 1))
     assert sorted(set(lengths))[:8] == [1, 2, 4, 6, 8, 12, 16, 24]
+
+
+def test_grouped_chunks_match_the_reference(monkeypatch):
+    """At real scale a chunk holds several groups of classes (lax.map over groups, vmap inside);
+    tiny features never reach that path, so the group size is shrunk to force 2-8 groups per chunk."""
+    rng = np.random.default_rng(3)
+    num_classes, d, per_class = 24, 8, 3
+    sizes = rng.integers(5, 16, size=num_classes)  # All pad to 16 rows: one padded shape.
+    labels = rng.permutation(np.repeat(np.arange(num_classes), sizes))
+    features = (2 * rng.normal(size=(num_classes, d))[labels] + rng.normal(size=(len(labels), d))).astype(np.float32)
+    monkeypatch.setattr(memory, "GROUP_BYTES", 16 * d * 4 * 2)  # Two classes' blocks per group.
+    calls = []
+    original = memory._select_chunk
+    monkeypatch.setattr(memory, "_select_chunk", lambda f, v, num, group: calls.append((f.shape[0], group))
+                        or original(f, v, num, group))
+    bank = memory.build_memory_bank(features, labels, np.arange(num_classes), per_class)
+    assert any(chunk > group > 1 for chunk, group in calls), calls
+    for c, row in enumerate(bank):
+        rows = np.flatnonzero(labels == c)
+        expected = [rows[i] if i >= 0 else -1 for i in reference_select(features[rows], per_class)]
+        np.testing.assert_array_equal(row, expected)

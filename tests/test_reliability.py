@@ -33,9 +33,9 @@ def uninterrupted(tmp_path_factory, tiny_cifar):
     return workdir
 
 
-def _run_until(workdir, tiny_cifar, marker, sig):
+def _run_until(workdir, tiny_cifar, marker, sig, *extra):
     """Starts the CLI and sends `sig` as soon as `marker` is printed; returns (code, output)."""
-    process = subprocess.Popen(helpers.main_command(workdir, tiny_cifar, *helpers.TINY), cwd=helpers.REPO,
+    process = subprocess.Popen(helpers.main_command(workdir, tiny_cifar, *helpers.TINY, *extra), cwd=helpers.REPO,
                                env=helpers.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = []
     for line in process.stdout:
@@ -206,7 +206,7 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
 
     import ml_collections
 
-    from asyncjax import augment, memory, train
+    from asyncjax import memory, train
 
     workdir = tmp_path / "copy"
     shutil.copytree(uninterrupted, workdir)  # The trainer below opens logs; the fixture stays as it is.
@@ -222,18 +222,8 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
         assert len(valid) == min(k, int(np.sum(labels == row))) and len(set(valid)) == len(valid)
         assert np.all(labels[valid] == row), row
     # The same bank from the exported phase-I model, in inference mode, on the images as stored.
-    phase1 = helpers.export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
-    variables = {"params": {}, "batch_stats": {}}
-    for name, value in phase1.items():
-        if name.startswith(("params/", "batch_stats/")):
-            node = variables
-            *parents, leaf = name.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
     head_rows = np.flatnonzero(labels < c1)
-    images = augment.cifar_eval(trainer.data.train_images.images[head_rows])
-    features = trainer.model(c1).apply(variables, images, train=False)["features"]
+    features = _phase1_features(workdir, tmp_path, trainer, head_rows)
     local = memory.build_memory_bank(np.asarray(features), labels[head_rows], np.arange(c1), k)
     expected = np.where(local >= 0, head_rows[np.maximum(local, 0)], -1)
     same = [set(a) == set(b) for a, b in zip(bank, expected)]
@@ -334,3 +324,66 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     unfinished = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, f"--config.phase1_from={workdir}")
     assert unfinished.returncode == 2 and "no finished phase I" in unfinished.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):
+    """The joint phase (method=plain) with images resident on the devices, stopped mid-epoch and
+    resumed, ends bitwise where an uninterrupted run ends (CPU, same device count)."""
+    extra = ["--config.method=plain", "--config.steps_per_dispatch=2", "--config.checkpoint_every_steps=2"]
+    reference = tmp_path / "reference"
+    result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resident on the devices" in result.stdout
+    workdir = tmp_path / "wd"
+    code, output = _run_until(workdir, tiny_cifar, "joint epoch 1/2 step 2/6", signal.SIGTERM, *extra)
+    assert code == 3, output[-3000:]
+    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"joint: resuming from step [24]/6", resumed.stdout), resumed.stdout
+    want = helpers.export(reference, tmp_path / "want.npz")
+    got = helpers.export(workdir, tmp_path / "got.npz")
+    assert sorted(want) == sorted(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    a = json.loads((reference / "results.json").read_text())
+    b = json.loads((workdir / "results.json").read_text())
+    assert [a[k] for k in ("overall", "many", "medium", "few")] == [b[k] for k in ("overall", "many", "medium", "few")]
+
+
+def _phase1_features(workdir, tmp_path, trainer, rows):
+    """Eval-mode phase-I features of the un-augmented training images `rows`, from the export."""
+    from asyncjax import augment
+    phase1 = helpers.export(workdir, tmp_path / "phase1_features.npz", "--phase=phase1")
+    variables = {}
+    for name, value in phase1.items():
+        if name.startswith(("params/", "batch_stats/")):
+            node = variables
+            *parents, leaf = name.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    images = augment.cifar_eval(trainer.data.train_images.images[rows])
+    return np.asarray(trainer.model(trainer.split.num_head).apply(variables, images, train=False)["features"])
+
+
+def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_cifar, uninterrupted):
+    """phase2_init=imprint: W_c2's column of each tail class is its mean phase-I feature, normalised.
+    Phase II runs at lr 0, so the exported classifier is its initialisation."""
+    import ml_collections
+
+    from asyncjax import train
+    workdir = tmp_path / "imprint"
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
+                              "--config.phase2_init=imprint", "--config.phase2.base_lr=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    trainer = train.Trainer(config, str(tmp_path / "probe"))
+    c1 = trainer.split.num_head
+    tail = np.flatnonzero(trainer.train_labels >= c1)
+    features = _phase1_features(uninterrupted, tmp_path, trainer, tail)
+    kernel = helpers.export(workdir, tmp_path / "final.npz")["params/head/kernel"]
+    labels = trainer.train_labels[tail] - c1
+    for k in range(trainer.split.num_tail):
+        mean = features[labels == k].mean(axis=0)
+        # Two programs computed the features (the trainer's sharded inference, this one): 1e-4.
+        np.testing.assert_allclose(kernel[:, c1 + k], mean / np.linalg.norm(mean), atol=1e-4, err_msg=str(k))

@@ -69,3 +69,30 @@ def test_budgets_scale_the_recipe():
     full = reproduce.row_config("async", 50, 0, "full", [])
     assert (full.phase1.epochs, full.phase1.warmup_epochs, full.phase2.warmup_epochs) == (200, 5, 5)
     assert tuple(full.phase1.decay_fractions) == (0.8, 0.9) and full.eval_every_epochs == 20
+
+
+def test_phase2_study_smoke_from_one_phase1(tmp_path):
+    """The study at smoke budget: one phase I (the defaults' run), the other value of one factor
+    from it, validation figures only, and its plot."""
+    data = helpers.write_tiny_cifar(tmp_path / "data", train_per_class=24)
+    root = tmp_path / "study"
+    command = [sys.executable, "-m", "asyncjax.reproduce", "--study=phase2", "--budget=smoke", f"--workdir={root}",
+               "--factors=phase2.batch_norm", "--seeds=1", f"--config.data.cifar100_dir={data}",
+               *[a for a in helpers.TINY if "imbalance" not in a]]
+    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (root / "study_phase2_smoke.md").read_text()
+    assert "| phase2.batch_norm | update |" in table and "| phase2.batch_norm | freeze |" in table
+    assert "validation split" in table
+    variant = json.loads((root / "phase2.batch_norm=freeze_seed0" / "results.json").read_text())
+    assert variant["phase1_from"] == str(root / "base_seed0")
+    assert variant["config"]["phase2"]["batch_norm"] == "freeze"
+    assert not (root / "phase2.batch_norm=update_seed0").exists()  # The default is the base run itself.
+    figures = json.loads((root / "study_phase2_smoke.json").read_text())
+    assert [r["value"] for r in figures["rows"]] == ["update", "freeze"]
+    assert figures["rows"][1]["overall"][0] == variant["val"]["overall"]
+    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
+                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert (root / "plots" / "study_phase2_smoke.png").stat().st_size > 1000
