@@ -21,6 +21,8 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with th
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a hand-made cluster.")
 flags.DEFINE_integer("num_processes", None, "Processes in a hand-made cluster.")
 flags.DEFINE_integer("process_id", None, "This process's index in a hand-made cluster.")
+flags.DEFINE_bool("dry_run", False, "Validate everything, print the resolved config, the data, the steps of "
+                  "each phase and an estimated time from a few timed steps here; write nothing, exit 0.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -43,7 +45,10 @@ def main(argv):
             raise ValueError(f"--multihost found no cluster to join ({str(e).splitlines()[0]}); on one machine "
                              "leave it out, or pass --coordinator_address --num_processes --process_id") from e
     from asyncjax import train  # After the flags: importing jax-heavy modules is slow.
-    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    if FLAGS.dry_run:
+        train.dry_run(flags.FLAGS.config, flags.FLAGS.workdir)
+    else:
+        train.run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def check_overrides(argv) -> None:

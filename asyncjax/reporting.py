@@ -17,12 +17,13 @@ def _format_duration(seconds: float) -> str:
 
 
 class Reporter:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str | None):
+        """`workdir=None`: print only (a dry run writes nothing)."""
         self.is_main = jax.process_index() == 0
         self._jsonl = None
         self._log = None
         self._tb = None
-        if self.is_main:
+        if self.is_main and workdir is not None:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             self._log = open(os.path.join(workdir, "log.txt"), "a")  # The printed lines, kept.
@@ -36,11 +37,12 @@ class Reporter:
         if self.is_main:
             line = f"[{time.strftime('%H:%M:%S')}] {message}"
             print(line, flush=True)
-            self._log.write(f"[{time.strftime('%Y-%m-%d')}] {line}\n")
-            self._log.flush()
+            if self._log:
+                self._log.write(f"[{time.strftime('%Y-%m-%d')}] {line}\n")
+                self._log.flush()
 
     def write(self, phase: str, step: int, metrics: dict) -> None:
-        if not self.is_main:
+        if not self._jsonl:
             return
         values = {k: float(v) for k, v in metrics.items()}
         finite = {k: v for k, v in values.items() if math.isfinite(v)}

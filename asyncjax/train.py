@@ -15,6 +15,7 @@ memory_bank.npz, metrics.jsonl, tensorboard/, results.json.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -226,7 +227,7 @@ class _StopFlag:
 class Trainer:
     """Holds what the phases share: data in rank space, mesh, reporter."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, dry_run: bool = False):
         config_utils.resolve_head(config)  # model.head=auto -> the method's own head.
         validate_config(config)
         check_phase1_from(config, workdir)
@@ -266,10 +267,11 @@ class Trainer:
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         if config.init_from:  # Names and shapes against this backbone, before any disk work.
             pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
-        taken_over = check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
-        if taken_over:
-            notes.append(taken_over)
-        self.reporter = Reporter(workdir)
+        if not dry_run:
+            taken_over = check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
+            if taken_over:
+                notes.append(taken_over)
+        self.reporter = Reporter(None if dry_run else workdir)
         if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
                 and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
             notes.append(f"note: LDAM-DRW's published CIFAR recipe is {config_utils.LDAM_DRW_CIFAR} "
@@ -743,3 +745,67 @@ def use_compilation_cache(path: str) -> str | None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     use_compilation_cache(config.compilation_cache_dir)
     return Trainer(config, workdir).run()
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir: str, timed_steps: int = 3) -> dict:
+    """Validates everything a run would (config, data, workdir identity, init_from, phase1_from),
+    prints the resolved configuration, the data, the steps of each phase and an estimate of the
+    time from a few timed steps of the first phase on this machine, and writes nothing there."""
+    use_compilation_cache(config.compilation_cache_dir)
+    trainer = Trainer(config, workdir, dry_run=True)
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path) and holds_progress(workdir):  # The real run would refuse it.
+        with open(path) as f:
+            saved = ml_collections.ConfigDict(json.load(f))
+        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
+        if differing:
+            raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration ({differing})")
+    print(config)
+    split, counts = trainer.split, trainer.counts
+    groups = {name: int(mask.sum()) for name, mask in longtail.shot_groups(counts).items()}
+    print(f"data: {config.dataset}, {len(trainer.train_labels)} training images in {split.num_classes} classes "
+          f"(largest {counts.max()}, smallest {counts.min()}; many/medium/few classes {groups}); "
+          f"{split.num_head} head + {split.num_tail} tail classes; test {len(trainer.test_labels)} images"
+          + (f"; validation {len(trainer.monitor[1])} images" if trainer.monitor[2] == "val" else ""))
+    c1 = split.num_head
+    rows = {"phase1": np.flatnonzero(trainer.train_labels < c1) if config.method == "async"
+            else np.arange(len(trainer.train_labels)), "classifier": np.arange(len(trainer.train_labels))}
+    bank = sum(min(config.memory.per_class, int(n)) for n in counts[:c1])  # K per head class at most.
+    rows["phase2"] = np.concatenate([np.flatnonzero(trainer.train_labels >= c1), np.arange(bank)])
+    plan = {}
+    for name in phases_of(config.method):
+        plan[name] = {"images": len(rows[name]), "steps": trainer.phase_total(name, rows[name]),
+                      "batch": config[name].batch_size}
+    # A few timed steps of the first phase's own train step (compilation excluded).
+    recipe = config.phase1
+    tx, schedule = optim.make_optimizer(recipe, 1)
+    model = trainer.model(c1 if config.method == "async" else split.num_classes)
+    with jax.set_mesh(trainer.mesh):
+        abstract = jax.eval_shape(lambda: trainer.initial_state(model, tx))
+        shardings = sharding.state_shardings(abstract, trainer.mesh)
+        state = jax.jit(lambda: trainer.initial_state(model, tx), out_shardings=shardings)()
+        step = jax.jit(steps.make_classification_step(model, tx, schedule, trainer.train_preprocess),
+                       in_shardings=(shardings, sharding.batch_sharding(trainer.mesh),
+                                     sharding.replicated(trainer.mesh)), donate_argnums=0)
+        local_rows = sharding.process_slice(np.arange(recipe.batch_size) % len(trainer.train_labels))
+        local = {"images": next(iter(trainer.data.train_images.batches([local_rows], training=True))),
+                 "labels": np.minimum(trainer.train_labels[local_rows], model.head.num_classes - 1)}
+        batch = sharding.global_batch(local, trainer.mesh)
+        state, metrics = step(state, batch, trainer.rng)   # Compiles.
+        jax.block_until_ready(metrics)
+        started = time.perf_counter()
+        for _ in range(timed_steps):
+            state, metrics = step(state, batch, trainer.rng)
+        jax.block_until_ready(metrics)
+    rate = timed_steps * recipe.batch_size / (time.perf_counter() - started)
+    total = 0.0
+    for name, phase in plan.items():
+        phase["estimated_s"] = phase["steps"] * phase["batch"] / rate
+        total += phase["estimated_s"]
+        print(f"{name}: {phase['images']} images, {phase['steps']} steps of batch {phase['batch']}, "
+              f"estimated {datetime.timedelta(seconds=int(phase['estimated_s']))}")
+    print(f"estimated total {datetime.timedelta(seconds=int(total))} at {rate:.0f} img/s (phase I's step, "
+          f"timed here on {jax.device_count()} {jax.devices()[0].platform} device(s); evaluation and the "
+          f"memory bank not included; phase II's step costs about 1.1-1.2x phase I's); nothing was written "
+          f"to {workdir}")
+    return {"phases": plan, "images_per_second": rate}

@@ -41,3 +41,17 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     code, _, errors = _run(*args)
     assert code == 2, errors
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0], errors
+
+
+def test_dry_run_validates_estimates_and_writes_nothing(tmp_path):
+    data = helpers.write_tiny_cifar(tmp_path / "data")
+    workdir = tmp_path / "wd"
+    code, out, errors = _run("asyncjax.main", "--config=configs/cifar100_lt.py:smoke=True", f"--workdir={workdir}",
+                             f"--config.data.cifar100_dir={data}", *helpers.TINY, "--dry_run")
+    assert code == 0, errors
+    assert "phase1: " in out and "phase2: " in out and "estimated total" in out and "img/s" in out
+    assert "resnet8" in out  # The resolved configuration.
+    assert not workdir.exists()
+    code, _, errors = _run("asyncjax.main", "--config=configs/cifar100_lt.py:smoke=True", f"--workdir={workdir}",
+                           f"--config.data.cifar100_dir={data}", "--config.phase2.schedule=cos", "--dry_run")
+    assert code == 2 and "phase2.schedule" in errors[0] and not workdir.exists()

@@ -83,3 +83,49 @@ def test_real_tfds_builders_load_and_an_unprepared_dataset_is_one_line(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not prepared in") as caught:
         sources.TfdsSource("imagenet_lt", "train", data_dir=str(tmp_path / "empty"))
     assert not isinstance(caught.value.__cause__, ImportError), caught.value.__cause__
+
+
+def test_tfds_labels_come_from_real_array_record_files_without_decoding(tmp_path, monkeypatch):
+    """A TFDS dataset prepared here in array_record (not mock data): the labels read from the
+    serialized records equal the decoded examples', and no image is decoded to get them."""
+    import importlib
+    import sys
+    module = tmp_path / "tiny_lt_for_tests.py"
+    module.write_text('''import numpy as np
+import tensorflow_datasets as tfds
+
+
+class TinyLtForTests(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            # A uint8 tensor: encoding an Image feature would need TensorFlow to prepare.
+            "image": tfds.features.Tensor(shape=(8, 8, 3), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=7)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(40)}
+
+    def _generate_examples(self, n):
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            yield i, {"image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": int(rng.integers(7))}
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    builder_module = importlib.import_module("tiny_lt_for_tests")
+    data_dir = str(tmp_path / "data")
+    builder_module.TinyLtForTests(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    decoded = [int(r["label"]) for r in tfds.data_source("tiny_lt_for_tests", split="train", data_dir=data_dir)]
+    source = sources.TfdsSource("tiny_lt_for_tests", "train", data_dir=data_dir)
+    calls = []
+    original = source.source.__class__.__getitem__
+    decoding = source.source  # Count reads through the decoding source only (raw ones share its class).
+    monkeypatch.setattr(decoding.__class__, "__getitem__",
+                        lambda self, i: (calls.append(i) if self is decoding else None) or original(self, i))
+    again = source._read_labels(tfds, data_dir)
+    assert not calls  # The decoding source was not used to read labels.
+    np.testing.assert_array_equal(source.labels, decoded)
+    np.testing.assert_array_equal(again, decoded)
+    assert len(set(decoded)) > 3 and source[5]["image"].shape == (8, 8, 3)
+    sys.modules.pop("tiny_lt_for_tests", None)

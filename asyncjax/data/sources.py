@@ -120,14 +120,20 @@ class TfdsSource:
         self.labels = self._read_labels(tfds, data_dir)
 
     def _read_labels(self, tfds, data_dir) -> np.ndarray:
-        """All labels in one pass that parses records without decoding their images."""
+        """All labels in one pass over the serialized records, images left undecoded: each record's
+        tf.train.Example is parsed with the protobuf class TFDS ships (no TensorFlow needed, and the
+        same with TensorFlow installed; TFDS's own DESERIALIZE_NO_DECODE needs TensorFlow)."""
+        from tensorflow_datasets.proto import tf_example_pb2
         try:
             raw = tfds.data_source(self.name, split=self.split, data_dir=data_dir, download=False,
-                                   deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
-            return np.asarray([int(raw[i]["label"]) for i in range(len(raw))], np.int64)
-        except ModuleNotFoundError:
-            # tfds.testing.mock_data serves only decoded examples (its raw path needs TensorFlow).
+                                   deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+            first = raw[0] if len(raw) else b""
+        except Exception:  # tfds.testing.mock_data serves decoded examples only: read them.
             return np.asarray([int(self.source[i]["label"]) for i in range(len(self.source))], np.int64)
+        if not isinstance(first, (bytes, memoryview)):
+            return np.asarray([int(self.source[i]["label"]) for i in range(len(self.source))], np.int64)
+        return np.asarray([tf_example_pb2.Example.FromString(raw[i]).features.feature["label"].int64_list.value[0]
+                           for i in range(len(raw))], np.int64)
 
     def __len__(self) -> int:
         return len(self.source)
