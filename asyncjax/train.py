@@ -151,8 +151,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for key in ("epochs", "batch_size", "base_batch_size"):
             if recipe[key] < 1:
                 raise ValueError(f"{name}.{key} must be >= 1, got {recipe[key]}")
-        if not 0 <= recipe.warmup_epochs < recipe.epochs:
-            raise ValueError(f"{name}.warmup_epochs must be in [0, {name}.epochs), got {recipe.warmup_epochs}")
+        if not 0 <= recipe.warmup_epochs <= recipe.epochs:
+            raise ValueError(f"{name}.warmup_epochs must be in [0, {name}.epochs], got {recipe.warmup_epochs}")
         if recipe.schedule == "step" and not all(0 < f <= 1 for f in recipe.decay_fractions):
             raise ValueError(f"{name}.decay_fractions must lie in (0, 1], got {tuple(recipe.decay_fractions)}")
 

@@ -260,7 +260,7 @@ def _tiny_config(tiny_cifar, *overrides):
     (["--config.phase2.schedule=cos"], "phase2.schedule"),
     (["--config.loss.retention_reduction=avg"], "loss.retention_reduction"),
     (["--config.phase1.sampler=balanced"], "phase1.sampler"),
-    (["--config.phase2.warmup_epochs=2"], "phase2.warmup_epochs"),
+    (["--config.phase2.warmup_epochs=3"], "phase2.warmup_epochs"),
     (["--config.method=crt", "--config.classifier.sampler=cb"], "classifier.sampler"),
     (["--config.model.head=cosinus"], "model.head"),
 ])
