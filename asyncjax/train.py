@@ -173,34 +173,31 @@ def holds_progress(workdir: str) -> bool:
     return saved or any(os.path.exists(os.path.join(workdir, f)) for f in ("memory_bank.npz", "results.json"))
 
 
-def check_workdir(config, workdir: str) -> str | None:
+def _saved_identity_differences(config, workdir: str) -> list[str] | None:
+    """IDENTITY_KEYS on which workdir's config.json differs from `config` (None: no config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+    return [f"{k}: workdir has {_get(saved, k)!r}, this run {_get(config, k)!r}" for k in IDENTITY_KEYS
+            if _get(saved, k) != _get(config, k)]
+
+
+def check_workdir(config, workdir: str, write: bool = True) -> str | None:
     """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
     configuration. A workdir with a config.json but nothing saved (a run stopped before its first
-    checkpoint) is taken over; returns a note saying so."""
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and not holds_progress(workdir):
-        with open(path) as f:
-            saved = ml_collections.ConfigDict(json.load(f))
-        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
-        if jax.process_index() == 0:
-            _atomic_write_json(path, json.loads(config.to_json()))
-        if differing:
-            return (f"workdir {workdir} held the configuration of a run that saved nothing "
-                    f"({', '.join(differing)} differed): taken over by this run")
-        return None
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = ml_collections.ConfigDict(json.load(f))
-        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
-        if differing:
-            diff = ", ".join(f"{k}: workdir has {_get(saved, k)!r}, this run {_get(config, k)!r}"
-                             for k in differing)
-            raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
-                             f"({diff}); use another --workdir")
-        return None
-    if jax.process_index() == 0:
+    checkpoint) is taken over; returns a note saying so. `write=False` (dry runs) only checks."""
+    differing = _saved_identity_differences(config, workdir)
+    if differing and holds_progress(workdir):
+        raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
+                         f"({', '.join(differing)}); use another --workdir")
+    if write and jax.process_index() == 0 and (differing is None or not holds_progress(workdir)):
         os.makedirs(workdir, exist_ok=True)
-        _atomic_write_json(path, json.loads(config.to_json()))
+        _atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    if differing:
+        return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
+               "taken over by this run"
     return None
 
 
@@ -267,10 +264,10 @@ class Trainer:
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         if config.init_from:  # Names and shapes against this backbone, before any disk work.
             pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
-        if not dry_run:
-            taken_over = check_workdir(config, workdir)  # Only now, when the inputs are known good, touch the disk.
-            if taken_over:
-                notes.append(taken_over)
+        # Only now, when the inputs are known good, touch the disk (a dry run only checks).
+        taken_over = check_workdir(config, workdir, write=not dry_run)
+        if taken_over and not dry_run:
+            notes.append(taken_over)
         self.reporter = Reporter(None if dry_run else workdir)
         if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
                 and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
@@ -752,14 +749,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, timed_steps: int = 
     prints the resolved configuration, the data, the steps of each phase and an estimate of the
     time from a few timed steps of the first phase on this machine, and writes nothing there."""
     use_compilation_cache(config.compilation_cache_dir)
-    trainer = Trainer(config, workdir, dry_run=True)
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and holds_progress(workdir):  # The real run would refuse it.
-        with open(path) as f:
-            saved = ml_collections.ConfigDict(json.load(f))
-        differing = [k for k in IDENTITY_KEYS if _get(saved, k) != _get(config, k)]
-        if differing:
-            raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration ({differing})")
+    trainer = Trainer(config, workdir, dry_run=True)  # Refuses what the run would refuse.
     print(config)
     split, counts = trainer.split, trainer.counts
     groups = {name: int(mask.sum()) for name, mask in longtail.shot_groups(counts).items()}
