@@ -75,7 +75,13 @@ def load_cifar100_lt(data_config) -> LongTailData:
     train_images, train_labels = cifar.load_cifar100("train", directory, data_config.tfds_data_dir)
     test_images, test_labels = cifar.load_cifar100("test", directory, data_config.tfds_data_dir)
     counts = longtail.lt_counts(cifar.NUM_CLASSES, data_config.max_count, data_config.imbalance)
-    keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    try:
+        keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    except ValueError as e:  # Too few images of a class: most often a file cut at a record boundary.
+        per_class = np.bincount(train_labels, minlength=cifar.NUM_CLASSES)
+        raise ValueError(f"{e} (max_count {data_config.max_count}, imbalance {data_config.imbalance}); the "
+                         f"training split holds {len(train_labels)} images, {per_class.min()} to {per_class.max()} "
+                         "per class: is train.bin truncated? The official one holds 50,000 (500 per class)") from e
     note = ""
     if directory and "shared" in str(directory).split("/"):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
