@@ -3,7 +3,8 @@
 Writes the latest checkpoint's parameters and BatchNorm statistics as a flat
 numpy archive: names joined with '/', e.g. `params/backbone/conv1/kernel`,
 `batch_stats/backbone/bn1/mean`, plus `class_ids` (output row -> original class
-id). Read it back with np.load(path, allow_pickle=False). The final phase is
+id), `step` and `config` (the run's configuration, JSON text; `asyncjax.predict
+--model` reads it). Read it back with np.load(path, allow_pickle=False). The final phase is
 exported (phase II; or cRT's re-trained classifier; or the joint phase of the
 other baselines); --phase=phase1 exports the phase-I model.
 """
@@ -25,7 +26,10 @@ flags.mark_flags_as_required(["workdir", "output"])
 PHASES = ("phase2", "classifier", "joint", "phase1")  # Most final first.
 
 
-def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.ndarray]:
+def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """(phase name, flat arrays) of the latest checkpoint of `phase` (default: the most final
+    phase that has one): parameters, BatchNorm statistics, `class_ids`, `step` and `config` (the
+    run's configuration as a JSON string)."""
     from asyncjax import checkpointing
 
     root = os.path.join(workdir, "checkpoints")
@@ -45,13 +49,20 @@ def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.
                            and k.endswith("kernel"))
         arrays["class_ids"] = np.asarray(meta["rank_to_class"], np.int64)[:num_outputs]
         arrays["step"] = np.asarray(step, np.int64)
-        tmp = output + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, output)
-        print(f"exported {name} step {step} ({len(arrays)} arrays, {num_outputs} classes) to {output}")
-        return arrays
+        arrays["config"] = np.asarray(meta["config"])  # A unicode string: no pickle needed to read it.
+        return name, arrays
     raise FileNotFoundError(f"no checkpoint to export in {workdir!r}"
                             + (f" for phase {phase}" if phase else "") + " (expected checkpoints/<phase>/<step>)")
+
+
+def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.ndarray]:
+    name, arrays = latest_model(workdir, phase)
+    tmp = output + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, output)
+    print(f"exported {name} step {int(arrays['step'])} ({len(arrays)} arrays, {len(arrays['class_ids'])} classes) "
+          f"to {output}")
+    return arrays
 
 
 def main(argv):

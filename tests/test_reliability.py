@@ -407,3 +407,43 @@ def test_the_tiny_runs_learn(uninterrupted):
     assert results["phase1"]["head"]["overall"] >= 3 * 100 / head_classes
     assert results["overall"] >= 3 * 100 / results["num_classes"]
     assert results["few"] > 0  # Phase II learned tail classes that phase I never saw.
+
+
+def test_predict_prints_names_and_probabilities_from_a_workdir_and_an_export(tmp_path, tiny_cifar, uninterrupted):
+    """asyncjax.predict on images written as files: the same top-k from the workdir and from its
+    export, probabilities sorted and at most 1 in sum, names from --class_names."""
+    from PIL import Image
+
+    from asyncjax.data import cifar
+    images, labels = cifar.read_cifar100_binary(tiny_cifar, "test")
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray(images[i]).convert("L" if i == 2 else "RGB").save(path)  # A grayscale one too.
+        paths.append(str(path))
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"name{c}" for c in range(100)) + "\n")
+
+    def predict(*args):
+        result = subprocess.run([sys.executable, "-m", "asyncjax.predict", *args, "--top_k=3", "--json",
+                                 f"--class_names={names}", *paths], cwd=helpers.REPO, env=helpers.cli_env(),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+    from_workdir = predict(f"--workdir={uninterrupted}")
+    helpers.export(uninterrupted, tmp_path / "model.npz")
+    from_export = predict(f"--model={tmp_path / 'model.npz'}")
+    assert [r["image"] for r in from_workdir] == paths
+    for a, b in zip(from_workdir, from_export):
+        assert [c["class_id"] for c in a["top_k"]] == [c["class_id"] for c in b["top_k"]]
+        probabilities = [c["probability"] for c in a["top_k"]]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+        assert all(c["name"] == f"name{c['class_id']}" for c in a["top_k"])
+    plain = subprocess.run([sys.executable, "-m", "asyncjax.predict", f"--workdir={uninterrupted}", paths[0]],
+                           cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and plain.stdout.startswith(f"{paths[0]}: class ")
+    missing = subprocess.run([sys.executable, "-m", "asyncjax.predict", f"--workdir={uninterrupted}",
+                              str(tmp_path / "nope.png")], cwd=helpers.REPO, env=helpers.cli_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
