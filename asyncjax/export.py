@@ -17,11 +17,15 @@ from absl import app, flags
 
 from asyncjax.archive import flatten
 
-flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
-flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
-flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
-                  "Phase to export; default: the last phase that has a checkpoint.")
-flags.mark_flags_as_required(["workdir", "output"])
+
+def define_flags():
+    """Defined only when run as a program: asyncjax.predict imports latest_model from here."""
+    flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
+    flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
+    flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
+                      "Phase to export; default: the last phase that has a checkpoint.")
+    flags.mark_flags_as_required(["workdir", "output"])
+
 
 PHASES = ("phase2", "classifier", "joint", "phase1")  # Most final first.
 
@@ -75,4 +79,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from asyncjax import cli
+    define_flags()
     cli.run(main, __doc__)
