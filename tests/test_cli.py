@@ -18,7 +18,7 @@ def _run(*args):
 
 
 @pytest.mark.parametrize("module", ["asyncjax.main", "asyncjax.reproduce", "asyncjax.export", "asyncjax.convert",
-                                    "asyncjax.plot"])
+                                    "asyncjax.plot", "asyncjax.predict"])
 def test_help_exits_0(module):
     code, out, errors = _run(module, "--help")
     assert code == 0 and ("--workdir" in out or "--input" in out), out
