@@ -1,4 +1,5 @@
 """Helpers shared by the trainer tests: a tiny CIFAR-100 directory and the CLI."""
+import json
 import os
 import pathlib
 import subprocess
@@ -57,7 +58,9 @@ def export(workdir, output, *extra):
                              f"--output={output}", *extra], cwd=REPO, env=cli_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(output, allow_pickle=False))
+    arrays = dict(np.load(output, allow_pickle=False))
+    assert json.loads(str(arrays.pop("config")))["dataset"]  # The run's config travels as JSON text.
+    return arrays  # The numeric arrays: weights, statistics, class_ids, step.
 
 
 def write_jpeg_folder(root, list_dir, list_name, num_images=12, num_classes=5, seed=0, sizes=((40, 56), (64, 48))):
