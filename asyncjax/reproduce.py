@@ -282,7 +282,8 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides) -> str:
     lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds} phase I(s)", "",
              f"Top-1 accuracy (%) on the validation split ({rows[0]['val_classes'] if rows else '-'} classes "
              "with validation images); mean ± std over seeds. Each factor varies alone from the defaults; "
-             "every variant starts from its seed's phase I. The test split is not read here.", "",
+             "every variant starts from its seed's phase I. Chosen on these only: each run's results.json "
+             "also holds its test figures, not used here.", "",
              "| factor | value | overall | many | medium | few |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['key']} | {row['value']} | " + " | ".join(
