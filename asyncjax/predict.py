@@ -86,14 +86,8 @@ def predict(arrays: dict, paths, top_k: int, names: dict[int, str] | None = None
     from asyncjax.models import make_model
 
     config = ml_collections.ConfigDict(json.loads(str(arrays["config"])))
-    variables = {}
-    for name, value in arrays.items():
-        if name.startswith(("params/", "batch_stats/")):
-            node = variables
-            *parents, leaf = name.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = jnp.asarray(value)
+    from asyncjax.archive import unflatten
+    variables = jax.tree.map(jnp.asarray, unflatten(arrays))
     class_ids = np.asarray(arrays["class_ids"])
     model = make_model(config.model.backbone, config.model.head, len(class_ids),
                        cosine_scale_init=config.model.cosine_scale_init,

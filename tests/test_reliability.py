@@ -361,15 +361,8 @@ def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):
 def _phase1_features(workdir, tmp_path, trainer, rows):
     """Eval-mode phase-I features of the un-augmented training images `rows`, from the export."""
     from asyncjax import augment
-    phase1 = helpers.export(workdir, tmp_path / "phase1_features.npz", "--phase=phase1")
-    variables = {}
-    for name, value in phase1.items():
-        if name.startswith(("params/", "batch_stats/")):
-            node = variables
-            *parents, leaf = name.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+    from asyncjax.archive import unflatten
+    variables = unflatten(helpers.export(workdir, tmp_path / "phase1_features.npz", "--phase=phase1"))
     images = augment.cifar_eval(trainer.data.train_images.images[rows])
     return np.asarray(trainer.model(trainer.split.num_head).apply(variables, images, train=False)["features"])
 
