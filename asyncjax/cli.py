@@ -1,5 +1,5 @@
 """One exit-code scheme and one-line errors for every command line (main, reproduce, export,
-convert, plot):
+convert, plot, predict):
 
     0  done (and --help)
     2  bad input or usage: one line on stderr, `error: ...`, nothing written

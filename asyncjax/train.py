@@ -330,12 +330,18 @@ class Trainer:
             results.append(evaluate.shot_accuracy(predictions[keep], labels[keep], self.counts))
         return results
 
+    def recipe_and_sampler(self, name: str, rows: np.ndarray):
+        """Phase `name`'s recipe and its batch order over `rows`."""
+        config = self.config
+        recipe = {"phase2": config.phase2, "classifier": config.classifier}.get(name, config.phase1)
+        sampler = EpochSampler(self.train_labels[rows], recipe.batch_size, seed=config.seed, phase=PHASE_IDS[name],
+                               strategy=recipe.sampler, total_epochs=recipe.epochs,
+                               max_steps_per_epoch=recipe.max_steps_per_epoch)
+        return recipe, sampler
+
     def phase_total(self, name: str, rows: np.ndarray) -> int:
         """Optimiser steps of phase `name` over `rows`."""
-        recipe = {"phase2": self.config.phase2, "classifier": self.config.classifier}.get(name, self.config.phase1)
-        sampler = EpochSampler(self.train_labels[rows], recipe.batch_size, seed=self.config.seed,
-                               phase=PHASE_IDS[name], strategy=recipe.sampler, total_epochs=recipe.epochs,
-                               max_steps_per_epoch=recipe.max_steps_per_epoch)
+        recipe, sampler = self.recipe_and_sampler(name, rows)
         return recipe.epochs * sampler.steps_per_epoch
 
     def _source_phase1(self) -> checkpointing.PhaseCheckpoints:
@@ -366,11 +372,8 @@ class Trainer:
         Returns (model, state, elapsed seconds over all runs of this phase).
         """
         config = self.config
-        recipe = {"phase2": config.phase2, "classifier": config.classifier}.get(name, config.phase1)
+        recipe, sampler = self.recipe_and_sampler(name, rows)
         labels = self.train_labels[rows]
-        sampler = EpochSampler(labels, recipe.batch_size, seed=config.seed, phase=PHASE_IDS[name],
-                               strategy=recipe.sampler, total_epochs=recipe.epochs,
-                               max_steps_per_epoch=recipe.max_steps_per_epoch)
         if recipe.batch_size % (sharding.data_size(self.mesh) * jax.process_count()):
             raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
