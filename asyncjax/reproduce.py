@@ -23,7 +23,9 @@ The phase-II study (settings chosen on the validation split, never on test):
 trains the defaults once per seed (DIR/base_seed<s>, a whole async run) and each factor's other
 values from that run's phase I (--config.phase1_from), and writes DIR/study_phase2_<budget>.md and
 .json with the validation split's overall / Many / Medium / Few (plot: `python -m asyncjax.plot
---workdir=DIR`). The factors and values are reproduce.STUDY.
+--workdir=DIR`). The factors and values are reproduce.STUDY. Other --config overrides apply to the
+base and every variant (a study around tau = 0.01: --config.loss.retention_temperature=0.01); with
+--seeds=1, --config.phase1_from=RUN reuses RUN's phase I for the base and the variants alike.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 
@@ -273,7 +275,10 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides) -> str:
                     continue
                 directory = os.path.join(workdir, f"{key}={value}_seed{seed}")
                 print(f"=== study phase2, {key} = {value}, seed {seed}: {directory}", flush=True)
-                results.append(train.run(variant_config(key, value, seed, budget, overrides, base_dir), directory))
+                # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
+                # that phase I on: only a workdir that trained phase I holds its checkpoints.
+                source = base_config.phase1_from or base_dir
+                results.append(train.run(variant_config(key, value, seed, budget, overrides, source), directory))
             rows.append({"key": key, "value": value, "seeds": len(results),
                          "val_classes": results[0]["val"]["classes"],
                          **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
