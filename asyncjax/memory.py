@@ -79,7 +79,9 @@ def select_class_exemplars(features: jax.Array, valid: jax.Array, num: int) -> j
 
 
 @functools.partial(jax.jit, static_argnames=("num", "group"))
-def _select_chunk(features, valid, num, group):
+def select_chunk(features, valid, num, group):
+    """K exemplars for each of a chunk's classes: features [chunk, length, d], valid [chunk, length]
+    -> int32 [chunk, num] row indices into each class's block (see select_class_exemplars)."""
     # Groups of `group` classes one after another (lax.map), each group vectorised
     # (vmap): a group's block is sized to stay in cache through its K passes, instead
     # of the whole chunk streaming from memory K times (all-vmap), while small classes
@@ -112,6 +114,18 @@ def _padded_length(x: int) -> int:
     return 3 * power // 4 if power >= 8 and x <= 3 * power // 4 else power
 
 
+def chunk_shape(largest: int, classes_left: int, feature_dim: int, max_chunk_bytes: int,
+                itemsize: int = 4) -> tuple[int, int, int]:
+    """(classes, padded rows per class, classes per group) of the chunk of build_memory_bank that
+    starts with a class of `largest` rows, `classes_left` classes still to do: select_chunk's shapes."""
+    length = _padded_length(largest)
+    block = length * feature_dim * itemsize
+    # A power of two that fits the budget, but no larger than the classes left need.
+    chunk = min(1 << int(math.log2(max(1, max_chunk_bytes // block))), _next_pow2(classes_left))
+    group = min(chunk, _next_pow2(max(1, GROUP_BYTES // block)))
+    return chunk, length, group
+
+
 def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_class: int, *,
                       max_chunk_bytes: int = 256 << 20) -> np.ndarray:
     """Builds the whole exemplar bank M: `per_class` dataset rows for each class.
@@ -138,7 +152,6 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
     labels = np.asarray(labels)
     classes = np.asarray(classes)
     feature_dim = features.shape[1]
-    itemsize = 4
     # Rows of each class from one sort (a comparison per class would cost C x N).
     by_label = np.argsort(labels, kind="stable")
     sorted_labels = labels[by_label]
@@ -148,10 +161,8 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
     bank = np.full((len(classes), per_class), -1, np.int64)
     start, buffer = 0, None
     while start < len(order):
-        length = _padded_length(len(rows_of[order[start]]))
-        fit = max(1, max_chunk_bytes // (length * feature_dim * itemsize))
-        # A power of two that fits the budget, but no larger than the classes left need.
-        chunk = min(1 << int(math.log2(fit)), _next_pow2(len(order) - start))
+        chunk, length, group = chunk_shape(len(rows_of[order[start]]), len(order) - start, feature_dim,
+                                           max_chunk_bytes)
         members = order[start:start + chunk]
         index = np.zeros((chunk, length), np.int64)
         valid = np.zeros((chunk, length), bool)
@@ -173,8 +184,7 @@ def build_memory_bank(features, labels: np.ndarray, classes: np.ndarray, per_cla
             block = jax.device_put(block, may_alias=True) if jax.default_backend() == "cpu" else block
         else:
             block = jnp.take(features, jnp.asarray(index), axis=0)
-        group = min(chunk, _next_pow2(max(1, GROUP_BYTES // (length * feature_dim * itemsize))))
-        local = np.asarray(_select_chunk(block, jnp.asarray(valid), per_class, group))
+        local = np.asarray(select_chunk(block, jnp.asarray(valid), per_class, group))
         for slot, m in enumerate(members):
             picked = local[slot]
             bank[m] = np.where(picked >= 0, index[slot, np.maximum(picked, 0)], -1)

@@ -11,12 +11,24 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
-def make_mesh(model_axis_size: int = 1) -> jax.sharding.Mesh:
-    devices = jax.device_count()
-    if model_axis_size < 1 or devices % model_axis_size:
-        raise ValueError(f"mesh.model={model_axis_size} does not divide the {devices} devices")
-    return jax.make_mesh((devices // model_axis_size, model_axis_size), ("data", "model"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+def make_mesh(model_axis_size: int = 1, devices=None) -> jax.sharding.Mesh:
+    """The (data, model) mesh over `devices`: this job's (default), or those of a TPU topology
+    that is not here (asyncjax.compile_check compiles for it without running)."""
+    count = jax.device_count() if devices is None else len(devices)
+    if model_axis_size < 1 or count % model_axis_size:
+        raise ValueError(f"mesh.model={model_axis_size} does not divide the {count} devices")
+    return jax.make_mesh((count // model_axis_size, model_axis_size), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+
+
+def platform(mesh) -> str:
+    """'cpu', 'gpu' or 'tpu': where the mesh's programs run (not necessarily this host's backend)."""
+    return mesh.devices.flat[0].platform
+
+
+def process_count(mesh) -> int:
+    """Processes (hosts) the mesh spans: jax.process_count() for this job's own mesh."""
+    return len({d.process_index for d in mesh.devices.flat})
 
 
 def data_size(mesh) -> int:

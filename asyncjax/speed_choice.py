@@ -90,8 +90,8 @@ def resolve_conv_weight_grad(choice: str, *, backbone: str, batch_size: int, ima
         raise ValueError(f"model.conv_weight_grad must be one of {CONV_WEIGHT_GRADS}, got {choice!r}")
     if choice != "auto":
         return choice
-    if jax.default_backend() != "cpu":
-        return "xla"
+    if sharding.platform(mesh) != "cpu":  # The mesh's platform, not the host's: compile_check
+        return "xla"                      # builds TPU programs on a CPU host.
     devices = sharding.data_size(mesh)
     key = trial_key(backbone, batch_size, image_size, dtype, devices)
     path = cache_path(compilation_cache_dir)

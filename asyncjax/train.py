@@ -15,16 +15,19 @@ memory_bank.npz, metrics.jsonl, tensorboard/, results.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 import signal
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 
 from asyncjax import (augment, baselines, checkpointing, cli, config_utils, evaluate, losses, memory, optim,
@@ -62,6 +65,21 @@ def _summary(accuracies: dict) -> str:
     text = lambda v: "n/a" if v is None else f"{v:.2f}"
     return (f"overall {text(accuracies['overall'])}% (many {text(accuracies['many'])}, "
             f"medium {text(accuracies['medium'])}, few {text(accuracies['few'])})")
+
+
+@dataclasses.dataclass
+class PhasePrograms:
+    """What one phase trains with (Trainer.phase_programs)."""
+    recipe: ml_collections.ConfigDict
+    sampler: EpochSampler
+    tx: optax.GradientTransformation
+    schedule: Callable
+    model: Any
+    abstract_state: Any                  # The TrainState's shapes and dtypes (jax.eval_shape).
+    state_shardings: Any
+    init: Callable                       # () -> the phase's first TrainState, placed.
+    train_step: Callable                 # (state, *extra, batch, rng) -> (state, metrics).
+    multi_step: Callable | None          # The device-resident scan of steps (steps_per_dispatch > 1).
 
 
 class Interrupted(cli.Interrupted):
@@ -224,13 +242,17 @@ class _StopFlag:
 class Trainer:
     """Holds what the phases share: data in rank space, mesh, reporter."""
 
-    def __init__(self, config, workdir: str, dry_run: bool = False):
+    def __init__(self, config, workdir: str | None, dry_run: bool = False, data=None, devices=None):
+        """`data` (default: datasets.load(config)) and `devices` (default: this job's) are given
+        by compile_check: the shapes of a dataset that is not here, the devices of a TPU topology
+        that is not here, and no workdir (None), so that it builds the programs training would."""
         config_utils.resolve_head(config)  # model.head=auto -> the method's own head.
         validate_config(config)
-        check_phase1_from(config, workdir)
+        if workdir is not None:
+            check_phase1_from(config, workdir)
         self.config = config
         self.workdir = workdir
-        self.data = datasets.load(config)
+        self.data = datasets.load(config) if data is None else data
         counts = self.data.train_counts
         split_arg = config.split.num_head_classes or None
         self.split = longtail.make_class_split(counts, split_arg)
@@ -253,22 +275,24 @@ class Trainer:
             if latest != total:
                 raise ValueError(f"phase1_from: {config.phase1_from} has no finished phase I "
                                  f"(latest phase-I checkpoint: {latest}, of {total} steps)")
-        self.mesh = sharding.make_mesh(config.mesh.model)
+        self.mesh = sharding.make_mesh(config.mesh.model, devices)
+        self.processes = sharding.process_count(self.mesh)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
         # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
         notes = []
-        self.conv = conv_for(speed_choice.resolve_conv_weight_grad(
+        self.conv_weight_grad = speed_choice.resolve_conv_weight_grad(
             config.model.conv_weight_grad, backbone=config.model.backbone, batch_size=config.phase1.batch_size,
             image_size=self.data.image_shape[0], dtype=config.model.dtype, mesh=self.mesh,
-            compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append))
+            compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append)
+        self.conv = conv_for(self.conv_weight_grad)
         self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
         if config.init_from:  # Names and shapes against this backbone, before any disk work.
             pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
         # Only now, when the inputs are known good, touch the disk (a dry run only checks).
-        taken_over = check_workdir(config, workdir, write=not dry_run)
+        taken_over = None if workdir is None else check_workdir(config, workdir, write=not dry_run)
         if taken_over and not dry_run:
             notes.append(taken_over)
-        self.reporter = Reporter(None if dry_run else workdir)
+        self.reporter = Reporter(None if dry_run or workdir is None else workdir)
         if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
                 and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
             notes.append(f"note: LDAM-DRW's published CIFAR recipe is {config_utils.LDAM_DRW_CIFAR} "
@@ -293,19 +317,9 @@ class Trainer:
         (top-1 output rows, features). Each process reads only its share of each batch."""
         indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        unit = sharding.data_size(self.mesh) * jax.process_count()
-        # Small sets (smoke runs) get a batch of their own size, not a mostly padded one.
-        batch = -(-min(EVAL_BATCH, len(indices)) // unit) * unit
+        batch = self.eval_batch(len(indices))
         if model not in self._predict_fns:  # One compilation per model, not per call.
-            var_shardings = jax.tree.map(lambda x: x.sharding, variables)
-            offset = None
-            if self.config.method == "logit_adjustment":  # argmax_j logits_j - tau log(pi_j).
-                prior = self.counts / self.counts.sum()
-                offset = -self.config.loss.logit_adjustment_tau * np.log(prior).astype(np.float32)
-            self._predict_fns[model] = jax.jit(
-                steps.make_predict_step(model, self.eval_preprocess, offset),
-                in_shardings=(var_shardings, sharding.batch_sharding(self.mesh)),
-                out_shardings=sharding.batch_sharding(self.mesh))
+            self._predict_fns[model] = self.predict_program(model, jax.tree.map(lambda x: x.sharding, variables))
         predict = self._predict_fns[model]
         predictions, features = [], []
         chunks = [indices[start:start + batch] for start in range(0, len(indices), batch)]
@@ -318,6 +332,22 @@ class Trainer:
             predictions.append(np.asarray(out["prediction"])[:len(chunk)])
             features.append(np.asarray(out["features"])[:len(chunk)])
         return np.concatenate(predictions), np.concatenate(features)
+
+    def eval_batch(self, rows: int) -> int:
+        """The inference batch for `rows` images: EVAL_BATCH, or fewer for small sets (smoke
+        runs get a batch of their own size, not a mostly padded one), a multiple of the data axis."""
+        unit = sharding.data_size(self.mesh) * self.processes
+        return -(-min(EVAL_BATCH, rows) // unit) * unit
+
+    def predict_program(self, model, variable_shardings):
+        """The jitted inference step (features for the memory bank, predictions for evaluation)."""
+        offset = None
+        if self.config.method == "logit_adjustment":  # argmax_j logits_j - tau log(pi_j).
+            prior = self.counts / self.counts.sum()
+            offset = -self.config.loss.logit_adjustment_tau * np.log(prior).astype(np.float32)
+        return jax.jit(steps.make_predict_step(model, self.eval_preprocess, offset),
+                       in_shardings=(variable_shardings, sharding.batch_sharding(self.mesh)),
+                       out_shardings=sharding.batch_sharding(self.mesh))
 
     def accuracy(self, model, state, num_classes_evaluated: tuple = (None,), monitor: bool = False) -> list[dict]:
         """Shot accuracies on the test split (or, `monitor`, the monitoring split); for each
@@ -363,24 +393,54 @@ class Trainer:
         return model, state, float(meta.get("elapsed_s", 0.0))
 
     # ---- one phase -----------------------------------------------------------------------
-    def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
-                    extra_inputs: tuple = (), extra_shardings: tuple = (), batch_extras=None,
-                    meta_extra: dict | None = None, trainable: str = "all", model_options: dict | None = None):
-        """Trains one phase to its last step, resuming from its checkpoints.
+    def phase_programs(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
+                       extra_shardings: tuple = (), batch_extras=None, trainable: str = "all",
+                       model_options: dict | None = None) -> PhasePrograms:
+        """Phase `name`'s model, optimiser and jitted programs over the training rows `rows`, with
+        their shardings: built, not run (train_phase runs them; compile_check compiles them).
 
-        init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn.
-        Returns (model, state, elapsed seconds over all runs of this phase).
-        """
+        init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn."""
         config = self.config
         recipe, sampler = self.recipe_and_sampler(name, rows)
-        labels = self.train_labels[rows]
-        if recipe.batch_size % (sharding.data_size(self.mesh) * jax.process_count()):
+        if recipe.batch_size % (sharding.data_size(self.mesh) * self.processes):
             raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
         tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=trainable)
         model = self.model(num_outputs, **(model_options or {}))
         abstract = jax.eval_shape(lambda: init_fn(model, tx))
         state_shardings = sharding.state_shardings(abstract, self.mesh)
+        batch_sh = sharding.batch_sharding(self.mesh)
+        replicated = sharding.replicated(self.mesh)
+        step = make_step(model, tx, schedule, sampler.steps_per_epoch)
+        train_step = jax.jit(step, in_shardings=(state_shardings, *extra_shardings, batch_sh, replicated),
+                             out_shardings=(state_shardings, replicated), donate_argnums=0)
+        multi_step = None
+        if config.steps_per_dispatch > 1 and isinstance(self.data.train_images, InMemoryImages):
+            # Device-resident path: the phase's uint8 images and labels live on the devices, each
+            # dispatch gathers its batches there and runs several steps in one lax.scan.
+            unroll = sharding.platform(self.mesh) == "cpu"  # See steps.scanned_steps: XLA:CPU loops are slow.
+            multi_step = jax.jit(
+                steps.scanned_steps(step, batch_extras, batch_sh, unroll=unroll),
+                in_shardings=(state_shardings, *extra_shardings, replicated, replicated, replicated, replicated),
+                out_shardings=(state_shardings, replicated), donate_argnums=0)
+        return PhasePrograms(recipe=recipe, sampler=sampler, tx=tx, schedule=schedule, model=model,
+                             abstract_state=abstract, state_shardings=state_shardings,
+                             init=jax.jit(lambda: init_fn(model, tx), out_shardings=state_shardings),
+                             train_step=train_step, multi_step=multi_step)
+
+    def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
+                    extra_inputs: tuple = (), extra_shardings: tuple = (), batch_extras=None,
+                    meta_extra: dict | None = None, trainable: str = "all", model_options: dict | None = None):
+        """Trains one phase to its last step, resuming from its checkpoints (the programs of
+        `phase_programs`, which takes the arguments of the same names).
+        Returns (model, state, elapsed seconds over all runs of this phase).
+        """
+        config = self.config
+        programs = self.phase_programs(name, num_outputs, rows, init_fn, make_step, extra_shardings,
+                                       batch_extras, trainable, model_options)
+        recipe, sampler, model = programs.recipe, programs.sampler, programs.model
+        abstract, state_shardings = programs.abstract_state, programs.state_shardings
+        labels = self.train_labels[rows]
         ckpt = checkpointing.PhaseCheckpoints(os.path.join(self.workdir, "checkpoints", name),
                                               keep=config.keep_checkpoints)
         total = recipe.epochs * sampler.steps_per_epoch
@@ -392,7 +452,7 @@ class Trainer:
             if latest < total:
                 self.reporter.info(f"{name}: resuming from step {latest}/{total}")
         else:
-            state = jax.jit(lambda: init_fn(model, tx), out_shardings=state_shardings)()
+            state = programs.init()
             if config.init_from and name in ("phase1", "joint"):
                 # Outside the jitted init, so that the weights are not baked into a program.
                 params, batch_stats = pretrained.load_backbone(jax.device_get(state.params),
@@ -406,27 +466,17 @@ class Trainer:
         self.reporter.info(f"{name}: {len(rows)} training images, {num_outputs} classes, "
                            f"{sampler.steps_per_epoch} steps/epoch x {recipe.epochs} epochs, "
                            f"global batch {recipe.batch_size}, lr {optim.scaled_learning_rate(recipe):g}, "
-                           f"{jax.device_count()} devices")
-        batch_sh = sharding.batch_sharding(self.mesh)
-        replicated = sharding.replicated(self.mesh)
-        train_step = jax.jit(make_step(model, tx, schedule, sampler.steps_per_epoch),
-                             in_shardings=(state_shardings, *extra_shardings, batch_sh, replicated),
-                             out_shardings=(state_shardings, replicated), donate_argnums=0)
+                           f"{self.mesh.size} devices")
+        train_step, multi_step = programs.train_step, programs.multi_step
         rng = jax.random.fold_in(self.rng, PHASE_IDS[name])
         per_dispatch = config.steps_per_dispatch
-        resident = per_dispatch > 1 and isinstance(self.data.train_images, InMemoryImages)
+        resident = multi_step is not None
         if resident:
-            # Device-resident path: the phase's uint8 images and labels live on the devices, each
-            # dispatch gathers its batches there and runs several steps in one lax.scan.
-            # Every process holds all of them (CIFAR: tens of MB), so each builds the replicated array.
+            # Every process holds all of the phase's images (CIFAR: tens of MB), so each builds the replicated array.
+            replicated = sharding.replicated(self.mesh)
             replicate = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
             device_images, device_labels = replicate(self.data.train_images.images[rows]), replicate(labels)
-            unroll = jax.default_backend() == "cpu"  # See steps.scanned_steps: XLA:CPU loops are slow.
-            multi_step = jax.jit(
-                steps.scanned_steps(make_step(model, tx, schedule, sampler.steps_per_epoch), batch_extras, batch_sh,
-                               unroll=unroll),
-                in_shardings=(state_shardings, *extra_shardings, replicated, replicated, replicated, replicated),
-                out_shardings=(state_shardings, replicated), donate_argnums=0)
+            unroll = sharding.platform(self.mesh) == "cpu"
             self.reporter.info(f"{name}: {len(rows)} images resident on the devices, up to {per_dispatch} "
                                "steps per dispatch" + (" (unrolled on CPU: one compile per distinct count, "
                                                        "and no faster than 1 step per dispatch there)"
@@ -533,14 +583,24 @@ class Trainer:
             return lambda out, labels, step: baselines.logit_adjusted_loss(out["logits"], labels, counts)
         return steps.default_loss  # plain; logit_adjustment adjusts only at prediction time.
 
+    def joint_step_factory(self):
+        """make_step of the joint phase of plain and the baselines (their loss: joint_loss)."""
+        distortion = self.split.num_head if self.config.diagnostics.gradient_distortion else None
+        return lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
+            model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch), distortion)
+
+    def first_phase(self):
+        """(name, outputs, training rows, make_step) of the method's first phase."""
+        if self.config.method == "async":
+            c1 = self.split.num_head
+            return "phase1", c1, np.flatnonzero(self.train_labels < c1), self.phase1_step_factory()
+        return "joint", self.split.num_classes, np.arange(len(self.train_labels)), self.joint_step_factory()
+
     def run_plain(self) -> dict:
         num_classes = self.split.num_classes
         rows = np.arange(len(self.train_labels))
-        init = self.initial_state
-        distortion = self.split.num_head if self.config.diagnostics.gradient_distortion else None
-        make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
-            model, tx, schedule, self.train_preprocess, self.joint_loss(steps_per_epoch), distortion)
-        model, state, seconds = self.train_phase("joint", num_classes, rows, init, make_step)
+        model, state, seconds = self.train_phase("joint", num_classes, rows, self.initial_state,
+                                                 self.joint_step_factory())
         if self.config.method in DECOUPLED:
             return self.run_decoupled(model, state, seconds)
         return {**self.final_accuracy(model, state), "wall_time_s": {"joint": seconds}}
@@ -588,13 +648,11 @@ class Trainer:
     def run_async(self) -> dict:
         c1, c = self.split.num_head, self.split.num_classes
         head_rows = np.flatnonzero(self.train_labels < c1)
-        init1 = self.initial_state
-        make_step1 = lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
-            model, tx, schedule, self.train_preprocess)
         if self.config.phase1_from:
             model1, state1, seconds1 = self.load_phase1(c1)
         else:
-            model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, init1, make_step1)
+            model1, state1, seconds1 = self.train_phase("phase1", c1, head_rows, self.initial_state,
+                                                        self.phase1_step_factory())
         head, everything = self.accuracy(model1, state1, (c1, None))
         phase1_result = {"head": self._percent(head), "all": self._percent(everything)}
         val1 = self.val_accuracy(model1, state1, c1)
@@ -615,10 +673,7 @@ class Trainer:
                               "memory_bank.npz); run the same command again to resume")
 
         # The frozen phase-I backbone; copied so that donating phase II's state never frees it.
-        old_variables = jax.tree.map(lambda x: jnp.array(x, copy=True),
-                                     {"params": state1.params["backbone"],
-                                      "batch_stats": state1.batch_stats["backbone"]})
-        old_shardings = jax.tree.map(lambda x: x.sharding, old_variables)
+        old_variables = jax.tree.map(lambda x: jnp.array(x, copy=True), self.frozen_backbone(state1))
         imprint = self.imprinted_rows(model1, state1) if self.config.phase2_init == "imprint" else None
 
         def init2(model, tx):
@@ -630,21 +685,47 @@ class Trainer:
             return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                     batch_stats=state1.batch_stats, opt_state=tx.init(params))
 
-        weight = losses.retention_weight(c1, c - c1, self.config.loss.retention_weight_base)
-        backbone = make_backbone(self.config.model.backbone, self.dtype, self.conv)
-        make_step2 = lambda model, tx, schedule, steps_per_epoch: steps.make_phase2_step(
-            model, backbone, tx, schedule, self.train_preprocess, num_head=c1, retention_weight=weight,
-            loss_config=self.config.loss, freeze_batch_norm=self.config.phase2.batch_norm == "freeze")
-        is_memory = lambda rows, labels: {"is_memory": (labels < c1).astype(np.float32)}
+        weight = self.retention_weight()
         model2, state2, seconds2 = self.train_phase(
-            "phase2", c, rows2, init2, make_step2, extra_inputs=(old_variables,),
-            extra_shardings=(old_shardings,), batch_extras=is_memory,
+            "phase2", c, rows2, init2, self.phase2_step_factory(), extra_inputs=(old_variables,),
+            extra_shardings=(self.frozen_backbone_shardings(state1),), batch_extras=self.is_memory,
             meta_extra={"memory_bank": bank.tolist()})
         return {**self.final_accuracy(model2, state2), "phase1": phase1_result,
                 "phase1_from": self.config.phase1_from or None,
                 "num_head_classes": c1, "retention_weight": weight,
                 "memory_bank_size": int((bank >= 0).sum()), "phase2_rows": int(len(rows2)),
                 "wall_time_s": {"phase1": seconds1, "memory_bank": seconds_bank, "phase2": seconds2}}
+
+    # The phases' steps, shared by the training loop and compile_check.
+    def phase1_step_factory(self):
+        """make_step(model, tx, schedule, steps_per_epoch) of phase I: cross-entropy on X1 (Eq. 1)."""
+        return lambda model, tx, schedule, steps_per_epoch: steps.make_classification_step(
+            model, tx, schedule, self.train_preprocess)
+
+    def retention_weight(self) -> float:
+        """lambda = lambda_base * sqrt(C1 / C2)."""
+        return losses.retention_weight(self.split.num_head, self.split.num_tail,
+                                       self.config.loss.retention_weight_base)
+
+    def phase2_step_factory(self):
+        """make_step of phase II (Eq. 9), whose step takes the frozen phase-I backbone's variables."""
+        backbone = make_backbone(self.config.model.backbone, self.dtype, self.conv)
+        return lambda model, tx, schedule, steps_per_epoch: steps.make_phase2_step(
+            model, backbone, tx, schedule, self.train_preprocess, num_head=self.split.num_head,
+            retention_weight=self.retention_weight(), loss_config=self.config.loss,
+            freeze_batch_norm=self.config.phase2.batch_norm == "freeze")
+
+    def is_memory(self, rows, labels) -> dict:
+        """Phase II's extra batch entry: 1 on exemplars of the memory bank (head-class rows)."""
+        return {"is_memory": (labels < self.split.num_head).astype(np.float32)}
+
+    @staticmethod
+    def frozen_backbone(state1) -> dict:
+        """The phase-I backbone's {'params', 'batch_stats'} (arrays, or their shapes)."""
+        return {"params": state1.params["backbone"], "batch_stats": state1.batch_stats["backbone"]}
+
+    def frozen_backbone_shardings(self, state1):
+        return sharding.state_shardings(self.frozen_backbone(state1), self.mesh)
 
     def memory_bank(self, model1, state1, head_rows) -> np.ndarray:
         """Exemplar indices (into the LT training set) per head class; saved to memory_bank.npz."""
@@ -771,15 +852,10 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, timed_steps: int = 
                       "batch": config[name].batch_size}
     # A few timed steps of the first phase's own train step (compilation excluded).
     recipe = config.phase1
-    tx, schedule = optim.make_optimizer(recipe, 1)
-    model = trainer.model(c1 if config.method == "async" else split.num_classes)
+    name, outputs, first_rows, make_step = trainer.first_phase()
     with jax.set_mesh(trainer.mesh):
-        abstract = jax.eval_shape(lambda: trainer.initial_state(model, tx))
-        shardings = sharding.state_shardings(abstract, trainer.mesh)
-        state = jax.jit(lambda: trainer.initial_state(model, tx), out_shardings=shardings)()
-        step = jax.jit(steps.make_classification_step(model, tx, schedule, trainer.train_preprocess),
-                       in_shardings=(shardings, sharding.batch_sharding(trainer.mesh),
-                                     sharding.replicated(trainer.mesh)), donate_argnums=0)
+        programs = trainer.phase_programs(name, outputs, first_rows, trainer.initial_state, make_step)
+        model, state, step = programs.model, programs.init(), programs.train_step
         local_rows = sharding.process_slice(np.arange(recipe.batch_size) % len(trainer.train_labels))
         local = {"images": next(iter(trainer.data.train_images.batches([local_rows], training=True))),
                  "labels": np.minimum(trainer.train_labels[local_rows], model.head.num_classes - 1)}

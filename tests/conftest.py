@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                                 "asyncjax-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# CI installs libtpu (for compile_check's tests): without this, every process would look for a
+# TPU at start-up and print libtpu's warnings into the output that the CLI tests read.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR_DIR = REPO.parent / "shared" / "data" / "cifar-100-binary"
