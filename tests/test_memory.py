@@ -109,8 +109,8 @@ def test_grouped_chunks_match_the_reference(monkeypatch):
     features = (2 * rng.normal(size=(num_classes, d))[labels] + rng.normal(size=(len(labels), d))).astype(np.float32)
     monkeypatch.setattr(memory, "GROUP_BYTES", 16 * d * 4 * 2)  # Two classes' blocks per group.
     calls = []
-    original = memory._select_chunk
-    monkeypatch.setattr(memory, "_select_chunk", lambda f, v, num, group: calls.append((f.shape[0], group))
+    original = memory.select_chunk
+    monkeypatch.setattr(memory, "select_chunk", lambda f, v, num, group: calls.append((f.shape[0], group))
                         or original(f, v, num, group))
     bank = memory.build_memory_bank(features, labels, np.arange(num_classes), per_class)
     assert any(chunk > group > 1 for chunk, group in calls), calls
