@@ -20,8 +20,9 @@ def normalize(images, mean, std):
     return (x - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def cifar_train(images, rng):
-    """Pad 4 pixels with zeros, crop 32x32 at a random offset, flip half; normalise."""
+def pad_crop_flip(images, rng):
+    """Pad 4 pixels with zeros, crop back to the images' size at a random offset, flip half:
+    float32 pixel values (0-255), at any image size."""
     crop_rng, flip_rng = jax.random.split(rng)
     batch, height, width, channels = images.shape
     padded = jnp.pad(images.astype(jnp.float32), ((0, 0), (4, 4), (4, 4), (0, 0)))
@@ -29,8 +30,12 @@ def cifar_train(images, rng):
     crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (height, width, channels))
     crops = jax.vmap(crop)(padded, offsets)
     flip = jax.random.bernoulli(flip_rng, 0.5, (batch,))
-    crops = jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)
-    return normalize(crops, CIFAR100_MEAN, CIFAR100_STD)
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1, :], crops)
+
+
+def cifar_train(images, rng):
+    """CIFAR's augmentation (pad-4 random crop, horizontal flip), normalised."""
+    return normalize(pad_crop_flip(images, rng), CIFAR100_MEAN, CIFAR100_STD)
 
 
 def cifar_eval(images, rng=None):
@@ -38,10 +43,23 @@ def cifar_eval(images, rng=None):
     return normalize(images, CIFAR100_MEAN, CIFAR100_STD)
 
 
-def get_preprocess(dataset: str):
-    """(train_fn(images, rng), eval_fn(images, rng)) for a dataset name."""
+def imagenet_eval(images, rng=None):
+    del rng
+    return normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def small_train(images, rng):
+    """Custom data of small images: CIFAR's pad-4 crop and flip at their own size, normalised
+    with ImageNet's statistics (fixed, so that a prediction needs only the config)."""
+    return normalize(pad_crop_flip(images, rng), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def get_preprocess(dataset: str, small: bool = False):
+    """(train_fn(images, rng), eval_fn(images, rng)) for a dataset name; `small`: custom data
+    held in memory (augmented here, on the device)."""
     if dataset.startswith("cifar"):
         return cifar_train, cifar_eval
+    if small:
+        return small_train, imagenet_eval
     # Larger datasets arrive already cropped and flipped by the input pipeline.
-    imagenet = lambda images, rng=None: normalize(images, IMAGENET_MEAN, IMAGENET_STD)
-    return imagenet, imagenet
+    return imagenet_eval, imagenet_eval

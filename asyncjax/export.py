@@ -4,7 +4,8 @@ Writes the latest checkpoint's parameters and BatchNorm statistics as a flat
 numpy archive: names joined with '/', e.g. `params/backbone/conv1/kernel`,
 `batch_stats/backbone/bn1/mean`, plus `class_ids` (output row -> original class
 id), `step` and `config` (the run's configuration, JSON text; `asyncjax.predict
---model` reads it). Read it back with np.load(path, allow_pickle=False). The final phase is
+--model` reads it), and, where the run knew them, `class_names` (by output row) and
+`image_shape` (the training images' H, W, C). Read it back with np.load(path, allow_pickle=False). The final phase is
 exported (phase II; or cRT's re-trained classifier; or the joint phase of the
 other baselines); --phase=phase1 exports the phase-I model.
 """
@@ -54,6 +55,10 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
         arrays["class_ids"] = np.asarray(meta["rank_to_class"], np.int64)[:num_outputs]
         arrays["step"] = np.asarray(step, np.int64)
         arrays["config"] = np.asarray(meta["config"])  # A unicode string: no pickle needed to read it.
+        if meta.get("class_names"):  # By output row, beside class_ids (custom data).
+            arrays["class_names"] = np.asarray([meta["class_names"][c] for c in arrays["class_ids"]])
+        if meta.get("image_shape"):
+            arrays["image_shape"] = np.asarray(meta["image_shape"], np.int64)
         return name, arrays
     raise FileNotFoundError(f"no checkpoint to export in {workdir!r}"
                             + (f" for phase {phase}" if phase else "") + " (expected checkpoints/<phase>/<step>)")

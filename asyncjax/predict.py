@@ -57,8 +57,9 @@ def class_names(config, path: str | None) -> dict[int, str]:
     return {}
 
 
-def prepare(paths, config) -> np.ndarray:
-    """uint8 [N, H, W, 3]: each image as the run's evaluation images are prepared."""
+def prepare(paths, config, image_shape=None) -> np.ndarray:
+    """uint8 [N, H, W, 3]: each image as the run's evaluation images are prepared (custom data
+    of small images: resized to the training images' `image_shape`)."""
     from PIL import Image
 
     from asyncjax.data import transforms
@@ -67,8 +68,12 @@ def prepare(paths, config) -> np.ndarray:
         try:
             with Image.open(path) as picture:
                 picture = picture.convert("RGB")
+                small = image_shape is not None and max(image_shape[:2]) <= config.data.get("small_max_side", 0)
                 if config.dataset == "cifar100_lt":
                     images.append(np.asarray(picture.resize((32, 32), Image.BILINEAR), np.uint8))
+                elif config.dataset == "custom" and small:
+                    size = (int(image_shape[1]), int(image_shape[0]))
+                    images.append(np.asarray(picture.resize(size, Image.BILINEAR), np.uint8))
                 else:
                     images.append(transforms.eval_transform(picture, config.data.image_size,
                                                             config.data.resize_size))
@@ -92,9 +97,12 @@ def predict(arrays: dict, paths, top_k: int, names: dict[int, str] | None = None
     model = make_model(config.model.backbone, config.model.head, len(class_ids),
                        cosine_scale_init=config.model.cosine_scale_init,
                        class_scale="class_scale" in variables["params"]["head"])
-    names = names if names is not None else class_names(config, None)
-    images = prepare(paths, config)
-    preprocess = augment.get_preprocess(config.dataset)[1]
+    names = names or class_names(config, None)
+    if not names and "class_names" in arrays:  # The run's own (custom data), by output row.
+        names = {int(c): str(n) for c, n in zip(class_ids, arrays["class_names"])}
+    shape = np.asarray(arrays["image_shape"]).tolist() if "image_shape" in arrays else None
+    images = prepare(paths, config, shape)
+    preprocess = augment.get_preprocess(config.dataset)[1]  # Evaluation: the same for every size.
     logits = jax.jit(lambda v, x: model.apply(v, preprocess(x, None), train=False)["logits"])(variables, images)
     probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
     results = []

@@ -140,7 +140,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{key} must be one of {tuple(allowed)}, got {value!r}")
 
     one_of("method", METHODS)
-    one_of("model.backbone", BACKBONES)
+    one_of("model.backbone", ("auto", *BACKBONES))  # auto: by the images' size, once they are loaded.
     one_of("model.head", ("auto", *HEADS))
     one_of("model.dtype", ("float32", "bfloat16"))
     one_of("model.conv_weight_grad", CONV_WEIGHT_GRADS)
@@ -248,11 +248,14 @@ class Trainer:
         that is not here, and no workdir (None), so that it builds the programs training would."""
         config_utils.resolve_head(config)  # model.head=auto -> the method's own head.
         validate_config(config)
-        if workdir is not None:
-            check_phase1_from(config, workdir)
         self.config = config
         self.workdir = workdir
-        self.data = datasets.load(config) if data is None else data
+        notes = []  # Said once the reporter exists.
+        self.data = datasets.load(config, log=notes.append) if data is None else data
+        if config.model.backbone == "auto":  # Custom data: by the images' size.
+            config.model.backbone = "resnet32" if max(self.data.image_shape[:2]) <= 64 else "resnet50"
+        if workdir is not None:
+            check_phase1_from(config, workdir)
         counts = self.data.train_counts
         split_arg = config.split.num_head_classes or None
         self.split = longtail.make_class_split(counts, split_arg)
@@ -279,13 +282,12 @@ class Trainer:
         self.processes = sharding.process_count(self.mesh)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
         # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
-        notes = []
         self.conv_weight_grad = speed_choice.resolve_conv_weight_grad(
             config.model.conv_weight_grad, backbone=config.model.backbone, batch_size=config.phase1.batch_size,
             image_size=self.data.image_shape[0], dtype=config.model.dtype, mesh=self.mesh,
             compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append)
         self.conv = conv_for(self.conv_weight_grad)
-        self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset)
+        self.train_preprocess, self.eval_preprocess = augment.get_preprocess(config.dataset, self.data.small)
         if config.init_from:  # Names and shapes against this backbone, before any disk work.
             pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), self.data.image_shape)
         # Only now, when the inputs are known good, touch the disk (a dry run only checks).
@@ -297,19 +299,42 @@ class Trainer:
                 and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):
             notes.append(f"note: LDAM-DRW's published CIFAR recipe is {config_utils.LDAM_DRW_CIFAR} "
                          "(configs/cifar100_lt.py:method=ldam_drw); this run keeps its own")
-        for note in notes:
+        for note in [*notes, *self.data_summary()]:
             self.reporter.info(note)
         self.rng = jax.random.key(config.seed)
         self.stop = None
         self._predict_fns = {}
 
     # ---- helpers -------------------------------------------------------------------------
+    def data_summary(self) -> list[str]:
+        """The data as this run sees it, one fact a line."""
+        counts, split, data = self.counts, self.split, self.data
+        sizes = data.split_sizes or {"train": len(self.train_labels), "test": len(self.test_labels),
+                                     **({"val": len(self.monitor[1])} if self.monitor[2] == "val" else {})}
+        groups = {name: int(mask.sum()) for name, mask in longtail.shot_groups(counts).items()}
+        height, width, channels = data.image_shape
+        return [f"data: {self.config.dataset}, {split.num_classes} classes"
+                + (f" ({', '.join(data.class_names[:3])}, ...)" if data.class_names else ""),
+                "data: images per split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()),
+                f"data: {split.num_head} head classes (phase I) + {split.num_tail} tail classes (phase II)",
+                f"data: imbalance factor measured {counts.max() / max(counts.min(), 1):.1f} "
+                f"(largest class {counts.max()}, smallest {counts.min()})",
+                f"data: shot groups (classes) many {groups['many']}, medium {groups['medium']}, few {groups['few']}",
+                f"data: images {height}x{width}x{channels}, "
+                + ("held in memory" if isinstance(data.train_images, InMemoryImages) else "streamed")
+                + (f"; {data.note}" if data.note else "")]
+
+    def class_names_by_row(self) -> list[str] | None:
+        names = self.data.class_names
+        return None if names is None else [names[c] for c in self.split.rank_to_class]
+
     def model(self, num_outputs: int, **options):
         return make_model(self.config.model.backbone, self.config.model.head, num_outputs, dtype=self.dtype,
                           cosine_scale_init=self.config.model.cosine_scale_init, conv=self.conv, **options)
 
     def meta(self, **extra) -> dict:
         return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
+                "class_names": self.data.class_names, "image_shape": list(self.data.image_shape),
                 "config": self.config.to_json(), **extra}
 
     def predict(self, model, state, table, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -800,6 +825,8 @@ class Trainer:
             results = self.run_async() if self.config.method == "async" else self.run_plain()
             results["method"] = self.config.method
         results.update({"config": json.loads(self.config.to_json()), "data_note": self.data.note,
+                        "evaluated_on": "val" if self.data.test_images is self.data.val_images else "test",
+                        "class_names": self.class_names_by_row(),
                         "num_classes": self.split.num_classes, "devices": jax.device_count(),
                         "rank_to_class": self.split.rank_to_class.tolist()})
         if jax.process_index() == 0:

@@ -59,8 +59,11 @@ def export(workdir, output, *extra):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     arrays = dict(np.load(output, allow_pickle=False))
-    assert json.loads(str(arrays.pop("config")))["dataset"]  # The run's config travels as JSON text.
-    return arrays  # The numeric arrays: weights, statistics, class_ids, step.
+    config = json.loads(str(arrays.pop("config")))  # The run's config travels as JSON text,
+    assert config["dataset"]
+    shape = arrays.pop("image_shape")                # and the training images' shape with it.
+    assert len(shape) == 3 and shape[-1] == 3 and (config["dataset"] != "cifar100_lt" or shape.tolist() == [32, 32, 3])
+    return arrays  # The numeric arrays: weights, statistics, class_ids, step (class_names for custom data).
 
 
 def write_jpeg_folder(root, list_dir, list_name, num_images=12, num_classes=5, seed=0, sizes=((40, 56), (64, 48))):

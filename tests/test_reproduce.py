@@ -96,3 +96,16 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
                              env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
     assert plotted.returncode == 0, plotted.stderr[-3000:]
     assert (root / "plots" / "study_phase2_smoke.png").stat().st_size > 1000
+    # A study around other defaults (tau 0.1) over the same phase I: its base takes phase I from the
+    # first study's base, and so does its variant (the new base holds no phase-I checkpoints).
+    around = tmp_path / "around"
+    command = [a.replace(str(root), str(around)) for a in command]
+    command += ["--config.loss.retention_temperature=0.1", f"--config.phase1_from={root / 'base_seed0'}"]
+    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in ("base_seed0", "phase2.batch_norm=freeze_seed0"):
+        chained = json.loads((around / run / "results.json").read_text())
+        assert chained["phase1_from"] == str(root / "base_seed0"), run
+        assert chained["config"]["loss"]["retention_temperature"] == 0.1, run
+        assert chained["phase1"] == variant["phase1"], run  # The very same phase-I model.

@@ -33,6 +33,9 @@ class LongTailData:
     note: str = ""                # Said beside every figure measured on this data.
     val_images: object = None     # Monitoring split; None: monitor on test (CIFAR, iNaturalist).
     val_labels: np.ndarray | None = None
+    class_names: list | None = None  # By original class id (custom data; CIFAR's from its names file).
+    small: bool = False              # Custom data of small images: held in memory, augmented on the device.
+    split_sizes: dict | None = None  # Images per split as given (custom data), for the summary.
 
     @property
     def image_shape(self) -> tuple:
@@ -57,14 +60,17 @@ BENCHMARKS = {
                      tfds_splits={"train": "train", "test": "validation"},
                      lists={"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"}),
 }
-DATASETS = ("cifar100_lt", *BENCHMARKS)
+DATASETS = ("cifar100_lt", *BENCHMARKS, "custom")
 
 
-def load(config: ml_collections.ConfigDict) -> LongTailData:
+def load(config: ml_collections.ConfigDict, log=print) -> LongTailData:
     if config.dataset == "cifar100_lt":
         return load_cifar100_lt(config.data)
     if config.dataset in BENCHMARKS:
         return load_streaming(config.dataset, config.data)
+    if config.dataset == "custom":
+        from asyncjax.data import custom
+        return custom.load(config.data, log=log)
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
 
 

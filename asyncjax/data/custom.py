@@ -1,0 +1,366 @@
+"""Your own long-tailed data (configs/custom.py): class folders, split lists, or any TFDS image
+classification dataset, at any image size.
+
+- kind=folder: ROOT/train/CLASS_NAME/*.{jpg,jpeg,png,bmp,webp} and, optionally, ROOT/val and
+  ROOT/test in the same layout (torchvision's ImageFolder convention); class names are the
+  train folders' names, sorted.
+- kind=lists: `relative/path label` lines (integer labels from 0) over data.root, as the
+  long-tailed literature ships its splits; names from data.class_names (one per line, by label).
+- kind=tfds: a TFDS dataset with `image` and `label` features, made long-tailed as CIFAR-100-LT
+  is (lt_counts over its classes, n_max = its smallest class unless data.max_count > 0;
+  imbalance 1 keeps it whole), with a validation split carved from the training images it leaves out.
+
+Small images (at most data.small_max_side px on the longer side, like CIFAR or 28x28 scans) are
+decoded once, held in memory and augmented on the device with the CIFAR recipe at their own size
+(mixed sizes are resized to the most common one); larger ones stream through the grain pipeline
+at data.image_size. Grayscale, palette and RGBA images become RGB.
+
+Every problem with the input is a ValueError / FileNotFoundError that names the file (and line),
+raised before anything is written to the workdir.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+
+import numpy as np
+
+from asyncjax.data import longtail, sources
+from asyncjax.data.pipeline import InMemoryImages, StreamingImages
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+KINDS = ("folder", "lists", "tfds")
+PROBE = 256  # Training images whose size decides between the in-memory and the streaming path.
+
+
+# ---- reading the splits ------------------------------------------------------------------
+def scan_folder(split_dir: str, class_names: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(image paths, labels, class names) of one split in the class-folder layout. With
+    `class_names` (train's), the split's class folders must be exactly those."""
+    if not os.path.isdir(split_dir):
+        raise FileNotFoundError(f"{split_dir} does not exist (expected {split_dir}/CLASS_NAME/image.jpg)")
+    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not found:
+        raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/CLASS_NAME/image.jpg)")
+    if class_names is not None and found != class_names:
+        missing, extra = sorted(set(class_names) - set(found)), sorted(set(found) - set(class_names))
+        raise ValueError(f"{split_dir}: its class folders differ from train's: "
+                         + "; ".join(part for part in (f"missing {missing[:5]}" if missing else "",
+                                                       f"not in train {extra[:5]}" if extra else "") if part))
+    paths, labels = [], []
+    for label, name in enumerate(found):
+        folder = os.path.join(split_dir, name)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += [os.path.join(folder, f) for f in files]
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, np.int64), found
+
+
+def read_list(list_path: str, root: str) -> tuple[list[str], np.ndarray]:
+    """A `relative/path label` list over `root` (sources.read_split_list: names the file and
+    line of a malformed line, a non-integer or negative label, or a missing image)."""
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"split list {list_path} does not exist")
+    return sources.read_split_list(list_path, root, check_files=True, verify_checksum=False)
+
+
+def _first_line_with(list_path: str, label: int) -> int:
+    with open(list_path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == str(label):
+                return number
+    return 0
+
+
+def read_class_names(path: str, num_classes: int) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.class_names: {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) < num_classes:
+        raise ValueError(f"data.class_names: {path} names {len(names)} classes, the labels need {num_classes}")
+    return names[:num_classes]
+
+
+# ---- images ------------------------------------------------------------------------------
+def probe_sizes(paths: list[str]) -> list[tuple[int, int]]:
+    """(width, height) from the headers of up to PROBE evenly spaced images (nothing decoded;
+    unreadable ones are skipped here and named by decode_all / check_headers)."""
+    from PIL import Image
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE, len(paths))).astype(int))
+    sizes = []
+    for i in picks:
+        try:
+            with Image.open(paths[i]) as image:
+                sizes.append(image.size)
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return sizes or [(0, 0)]
+
+
+def _refuse(bad: list) -> None:
+    """One error for every unreadable image: the first named, with how many more."""
+    if not bad:
+        return
+    more = (f" (and {len(bad) - 1} more: {', '.join(p for p, _ in bad[1:4])}{', ...' if len(bad) > 4 else ''})"
+            if len(bad) > 1 else "")
+    raise ValueError(f"{bad[0][0]}: unreadable or truncated image ({bad[0][1]}){more}")
+
+
+def check_headers(paths: list[str]) -> None:
+    """Every image's header read (the streaming path decodes in its workers, later): files PIL
+    cannot open are named up front. A file cut short after its header surfaces when it is decoded."""
+    from PIL import Image
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, SyntaxError) as e:
+            bad.append((path, e))
+    _refuse(bad)
+
+
+def decode_all(paths: list[str], size: tuple[int, int] | None, log=print) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 [N, H, W, 3] of every image, RGB, resized to `size` (width, height; default: the most
+    common size among them). Every unreadable or truncated image is collected and the first named."""
+    from PIL import Image
+    images, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()  # A truncated file fails here, not at open.
+                images.append(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:
+            bad.append((path, e))
+    _refuse(bad)
+    sizes = collections.Counter(image.size for image in images)
+    size = size or sizes.most_common(1)[0][0]
+    odd = sum(n for s, n in sizes.items() if s != size)
+    if odd:
+        log(f"data: {odd} of {len(images)} images resized to the most common size {size[0]}x{size[1]}")
+    return np.stack([np.asarray(image if image.size == size else image.resize(size, Image.BILINEAR), np.uint8)
+                     for image in images]), size
+
+
+def check_overlap(splits: dict, keys: dict, allow: bool) -> None:
+    """Refuses the same image in two splits (`keys`: per split, one key per image: its resolved
+    path, or its decoded pixels' digest), naming both files."""
+    if allow:
+        return
+    seen = {}
+    for split, split_keys in keys.items():
+        for i, key in enumerate(split_keys):
+            if key in seen and seen[key][0] != split:
+                other, j = seen[key]
+                raise ValueError(f"{splits[other][j]} ({other}) and {splits[split][i]} ({split}) are the same image: "
+                                 "remove one, or pass --config.data.allow_overlap=True")
+            seen.setdefault(key, (split, i))
+
+
+# ---- the three kinds ---------------------------------------------------------------------
+def _splits_from_files(data_config) -> tuple[dict, dict, list[str], str]:
+    """{split: paths}, {split: labels}, class names and where they came from (folder / lists)."""
+    kind, root = data_config.kind, data_config.root
+    if not root:
+        raise ValueError(f"kind={kind} needs --config.data.root (the folder of the images)")
+    paths, labels = {}, {}
+    if kind == "folder":
+        paths["train"], labels["train"], names = scan_folder(os.path.join(root, "train"))
+        for split in ("val", "test"):
+            if os.path.isdir(os.path.join(root, split)):
+                paths[split], labels[split], _ = scan_folder(os.path.join(root, split), names)
+        return paths, labels, names, root
+    lists = {"train": data_config.train_list, "val": data_config.val_list, "test": data_config.test_list}
+    if not lists["train"]:
+        raise ValueError("kind=lists needs --config.data.train_list (lines 'relative/path label')")
+    resolve = lambda p: p if os.path.isabs(p) or os.path.exists(p) else os.path.join(root, p)
+    for split, path in lists.items():
+        if path:
+            paths[split], labels[split] = read_list(resolve(path), root)
+    num_classes = int(labels["train"].max()) + 1
+    present = np.bincount(labels["train"], minlength=num_classes)
+    if (present == 0).any():
+        missing = np.flatnonzero(present == 0)
+        raise ValueError(f"{resolve(lists['train'])}: labels must be 0..C-1, each with training images; "
+                         f"label(s) {missing[:10].tolist()} have none")
+    for split in ("val", "test"):
+        if split in labels:
+            unknown = np.setdiff1d(labels[split], np.arange(num_classes))
+            if len(unknown):
+                line = _first_line_with(resolve(lists[split]), int(unknown[0]))
+                raise ValueError(f"{resolve(lists[split])}:{line}: label {int(unknown[0])} has no training images "
+                                 f"(train's labels are 0..{num_classes - 1})")
+    names = (read_class_names(data_config.class_names, num_classes) if data_config.class_names
+             else [f"class {i}" for i in range(num_classes)])
+    return paths, labels, names, resolve(lists["train"])
+
+
+def _carve_validation(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows): up to `per_class` images of each class, seeded, from
+    classes that can spare them (a class keeps at least as many training images as it gives)."""
+    rng = np.random.default_rng([seed, 1])
+    val = []
+    for c in range(int(labels.max()) + 1):
+        rows = np.flatnonzero(labels == c)
+        val.append(rng.permutation(rows)[:min(per_class, len(rows) // 2)])
+    val = np.sort(np.concatenate(val)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def load_files(data_config, log=print):
+    """LongTailData of kind=folder or kind=lists."""
+    from asyncjax.data.datasets import LongTailData
+    paths, labels, names, origin = _splits_from_files(data_config)
+    note = ""
+    if "val" not in paths and data_config.val_per_class > 0:
+        keep, val = _carve_validation(labels["train"], data_config.val_per_class, data_config.subsample_seed)
+        paths["val"] = [paths["train"][i] for i in val]
+        labels["val"] = labels["train"][val]
+        paths["train"] = [paths["train"][i] for i in keep]
+        labels["train"] = labels["train"][keep]
+        log(f"data: validation split carved from the training images: {len(val)} images "
+            f"(up to {data_config.val_per_class} per class)")
+    elif "val" not in paths:
+        log("data: no validation split (ROOT/val, data.val_list or data.val_per_class > 0): monitoring is off, "
+            "and nothing can be chosen without reading the test split")
+    if "test" not in paths:
+        if "val" not in paths:
+            raise ValueError(f"{origin}: no test split and no validation split to report on: give a test split "
+                             "(ROOT/test, --config.data.test_list) or --config.data.val_per_class=N")
+        note = "no test split: the final figures are on the validation split"
+    sizes = probe_sizes(paths["train"])
+    small = max(max(s) for s in sizes) <= data_config.small_max_side
+    if small:
+        tables, size = {}, None
+        digests = {}
+        for split in ("train", "val", "test"):
+            if split in paths:
+                images, size = decode_all(paths[split], size, log)
+                tables[split] = InMemoryImages(images)
+                digests[split] = [hashlib.sha1(image.tobytes()).hexdigest() for image in images]
+        check_overlap(paths, digests, data_config.allow_overlap)
+    else:
+        if data_config.check_files:
+            check_headers([p for split_paths in paths.values() for p in split_paths])
+        check_overlap(paths, {s: [os.path.realpath(p) for p in ps] for s, ps in paths.items()},
+                      data_config.allow_overlap)
+        tables = {split: StreamingImages(_PathSource(paths[split], labels[split]), size=data_config.image_size,
+                                         resize=data_config.resize_size, workers=data_config.workers)
+                  for split in paths}
+    test = "test" if "test" in tables else "val"
+    return LongTailData(tables["train"], labels["train"], tables[test], labels[test], len(names), note,
+                        val_images=tables.get("val"), val_labels=labels.get("val"), class_names=names,
+                        small=small, split_sizes={s: len(p) for s, p in paths.items()})
+
+
+class _PathSource:
+    """Records of image files (encoded bytes, decoded in the grain workers)."""
+
+    def __init__(self, paths, labels):
+        self.paths, self.labels = list(paths), np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        with open(self.paths[index], "rb") as f:
+            return {"image": f.read(), "label": int(self.labels[index])}
+
+
+def load_tfds(data_config, log=print):
+    """LongTailData of kind=tfds: the dataset's train split made long-tailed as CIFAR-100-LT is."""
+    import tensorflow_datasets as tfds
+
+    from asyncjax.data.datasets import LongTailData
+    name = data_config.name
+    if not name:
+        raise ValueError("kind=tfds needs a dataset name: configs/custom.py:kind=tfds,name=NAME")
+    try:
+        builder = tfds.builder(name, data_dir=data_config.tfds_data_dir)
+    except Exception as e:  # DatasetNotFoundError and friends.
+        raise ValueError(f"TFDS has no dataset {name!r} ({str(e).splitlines()[0]})") from e
+    features = builder.info.features
+    for key in ("image", "label"):
+        if key not in features:
+            raise ValueError(f"TFDS dataset {name} has no {key!r} feature (it has {sorted(features.keys())}): "
+                             "kind=tfds takes image classification datasets")
+    names = list(features["label"].names)
+    splits = {"train": "train"}
+    for split, candidates in (("test", ("test",)), ("val", ("validation", "val"))):
+        for candidate in candidates:
+            if candidate in builder.info.splits:
+                splits[split] = candidate
+                break
+    source = {split: sources.TfdsSource(name, tfds_split, data_config.tfds_data_dir)
+              for split, tfds_split in splits.items()}
+    train_labels = source["train"].labels
+    per_class = np.bincount(train_labels, minlength=len(names))
+    if (per_class == 0).any():
+        raise ValueError(f"TFDS {name} train: class(es) {np.flatnonzero(per_class == 0)[:10].tolist()} have no images")
+    max_count = data_config.max_count if data_config.max_count > 0 else int(per_class.min())
+    counts = longtail.lt_counts(len(names), max_count, data_config.imbalance)
+    keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    rows = {"train": keep}
+    if "val" not in splits and data_config.val_per_class > 0:
+        rows["val"] = longtail.validation_split(train_labels, keep, data_config.val_per_class,
+                                                data_config.subsample_seed)
+    shape = features["image"].shape
+    small = shape[0] is not None and shape[1] is not None and max(shape[:2]) <= data_config.small_max_side
+    tables, labels = {}, {}
+    for split in ("train", "val", "test"):
+        src = source["train"] if split in rows else source.get(split)
+        if src is None:
+            continue
+        index = rows.get(split, np.arange(len(src)))
+        labels[split] = src.labels[index]
+        if small:
+            tables[split] = InMemoryImages(np.stack([_rgb(src[int(i)]["image"]) for i in index]))
+        else:
+            tables[split] = StreamingImages(_Subset(src, index), size=data_config.image_size,
+                                            resize=data_config.resize_size, workers=data_config.workers)
+    note = f"TFDS {name}, training split made long-tailed (n_max {max_count}, imbalance {data_config.imbalance})"
+    if "test" not in tables:
+        if "val" not in tables:
+            raise ValueError(f"TFDS {name} has no test split: pass --config.data.val_per_class=N to report on "
+                             "a validation split carved from the training images")
+        note += "; no test split: the final figures are on the validation split"
+    test = "test" if "test" in tables else "val"
+    return LongTailData(tables["train"], labels["train"], tables[test], labels[test], len(names), note,
+                        val_images=tables.get("val"), val_labels=labels.get("val"), class_names=names, small=small,
+                        split_sizes={s: len(v) for s, v in labels.items()})
+
+
+def _rgb(image) -> np.ndarray:
+    array = np.asarray(image, np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
+
+
+class _Subset:
+    """Rows `index` of a source, as a source (labels included)."""
+
+    def __init__(self, source, index):
+        self.source, self.index = source, np.asarray(index)
+        self.labels = source.labels[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[int(self.index[i])]
+
+
+def load(data_config, log=print):
+    if data_config.kind not in KINDS:
+        raise ValueError(f"data.kind must be one of {KINDS}, got {data_config.kind!r}")
+    data = load_tfds(data_config, log) if data_config.kind == "tfds" else load_files(data_config, log)
+    if data.num_classes < 2:
+        raise ValueError(f"{data_config.root or data_config.name}: a single class ({data.class_names}); "
+                         "long-tailed recognition needs at least two")
+    return data
