@@ -24,8 +24,9 @@ trains the defaults once per seed (DIR/base_seed<s>, a whole async run) and each
 values from that run's phase I (--config.phase1_from), and writes DIR/study_phase2_<budget>.md and
 .json with the validation split's overall / Many / Medium / Few (plot: `python -m asyncjax.plot
 --workdir=DIR`). The factors and values are reproduce.STUDY. Other --config overrides apply to the
-base and every variant (a study around tau = 0.01: --config.loss.retention_temperature=0.01); with
---seeds=1, --config.phase1_from=RUN reuses RUN's phase I for the base and the variants alike.
+base and every variant (a study around tau = 0.01: --config.loss.retention_temperature=0.01), and
+--config.phase1_from=OTHER_ROOT/base_seed{seed} reuses another study's phase I of each seed for
+the base and the variants alike ({seed} is replaced by the seed).
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 
@@ -118,6 +119,8 @@ def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: l
         # Monitoring only (the reported model is the final one): one look mid-phase at short budget.
         config.eval_every_epochs = max(1, EPOCHS[budget] // (2 if budget == "short" else 10))
     config_utils.apply_overrides(config, overrides)
+    # A study around other defaults reuses each seed's phase I: phase1_from=ROOT/base_seed{seed}.
+    config.phase1_from = config.phase1_from.replace("{seed}", str(seed))
     return config
 
 

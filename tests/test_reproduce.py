@@ -100,7 +100,7 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     # first study's base, and so does its variant (the new base holds no phase-I checkpoints).
     around = tmp_path / "around"
     command = [a.replace(str(root), str(around)) for a in command]
-    command += ["--config.loss.retention_temperature=0.1", f"--config.phase1_from={root / 'base_seed0'}"]
+    command += ["--config.loss.retention_temperature=0.1", f"--config.phase1_from={root / 'base_seed{seed}'}"]
     result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
