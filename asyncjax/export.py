@@ -50,8 +50,11 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
         state, meta = ckpt.restore(step)
         ckpt.close()
         arrays = flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
-        num_outputs = next(v.shape[-1] for k, v in arrays.items() if k.startswith("params/head/")
-                           and k.endswith("kernel"))
+        width = next(v.shape[-1] for k, v in arrays.items() if k.startswith("params/head/") and k.endswith("kernel"))
+        num_outputs = min(width, meta["num_head"] if name == "phase1" else len(meta["rank_to_class"]))
+        if width > num_outputs:  # A head padded for the mesh's model axis: its real columns only.
+            arrays.update({k: v[..., :num_outputs] for k, v in arrays.items()
+                           if k.startswith("params/head/") and v.ndim and v.shape[-1] == width})
         arrays["class_ids"] = np.asarray(meta["rank_to_class"], np.int64)[:num_outputs]
         arrays["step"] = np.asarray(step, np.int64)
         arrays["config"] = np.asarray(meta["config"])  # A unicode string: no pickle needed to read it.

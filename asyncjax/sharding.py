@@ -31,6 +31,14 @@ def process_count(mesh) -> int:
     return len({d.process_index for d in mesh.devices.flat})
 
 
+def padded_classes(num_classes: int, mesh) -> int | None:
+    """The classifier's kernel width when `num_classes` does not divide the `model` axis (the next
+    multiple of it; heads.py pads with zero columns), else None: iNaturalist's 8,142 classes over
+    8 chips become 8,144 columns, so that the class axis can be sharded at all."""
+    model = mesh.shape["model"]
+    return -(-num_classes // model) * model if num_classes % model else None
+
+
 def data_size(mesh) -> int:
     return mesh.shape["data"]
 
@@ -59,22 +67,32 @@ def state_shardings(abstract_tree, mesh):
         lambda path, leaf: NamedSharding(mesh, _leaf_spec(path, leaf, mesh)), abstract_tree)
 
 
-def global_batch(local_batch: dict, mesh) -> dict:
-    """Assembles the global batch from this process's slice of it.
-
-    Each process passes the rows of the global batch that it loaded (all of
-    them on a single host); `jax.make_array_from_process_local_data` places
-    them on the process's devices along the `data` axis.
+def global_batch(local_batch: dict, mesh, batch_size: int) -> dict:
+    """Assembles the global batch of `batch_size` rows from this process's rows of it
+    (`process_slice`: all of them on a single host); `jax.make_array_from_process_local_data`
+    places them on the process's devices along the `data` axis.
     """
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (batch_size, *np.shape(v)[1:]))
+            for k, v in local_batch.items()}
 
 
-def process_slice(global_positions: np.ndarray) -> np.ndarray:
-    """This process's contiguous share of a global batch (every host computes the
-    same global batch from (seed, epoch, step), then keeps its own rows)."""
-    n, count, index = len(global_positions), jax.process_count(), jax.process_index()
-    if n % count:
-        raise ValueError(f"global batch {n} is not divisible by the {count} processes")
-    per = n // count
-    return global_positions[index * per:(index + 1) * per]
+def process_rows(batch_size: int, mesh, process_index: int | None = None) -> slice:
+    """The rows of a global batch that a process loads: the blocks of the `data` positions its
+    devices hold. Every host computes the same global batch from (seed, epoch, step) and keeps
+    these rows. Processes whose devices differ only along `model` (a model axis spanning hosts:
+    iNaturalist's head over 8 chips of 4-chip hosts) hold, and so load, the same rows."""
+    data = data_size(mesh)
+    if batch_size % data:
+        raise ValueError(f"global batch {batch_size} is not divisible by the {data} data-parallel devices")
+    me = jax.process_index() if process_index is None else process_index
+    held = sorted({i for i in range(data) for d in np.asarray(mesh.devices)[i].flat if d.process_index == me})
+    if not held or held != list(range(held[0], held[-1] + 1)):
+        raise ValueError(f"process {me} holds data positions {held} of the mesh: not one contiguous block")
+    per = batch_size // data
+    return slice(held[0] * per, (held[-1] + 1) * per)
+
+
+def process_slice(global_positions: np.ndarray, mesh) -> np.ndarray:
+    """This process's rows (`process_rows`) of a global batch given as dataset positions."""
+    return np.asarray(global_positions)[process_rows(len(global_positions), mesh)]

@@ -167,19 +167,20 @@ def make_predict_step(model, preprocess: Callable, logit_offset=None) -> Callabl
     return predict
 
 
-def extend_classifier(phase1_params: dict, new_head_params: dict) -> dict:
+def extend_classifier(phase1_params: dict, new_head_params: dict, num_old: int | None = None) -> dict:
     """Phase-I -> phase-II hand-off: keep W_r and the C1 rows of W_c1, append the C2
     new rows W_c2 along the class axis (the last one), giving C outputs.
 
     `new_head_params` is a freshly initialised C-class head, whose last C2 rows
     (random, or imprinted) become W_c2; its scale, if any, is replaced by
-    phase I's.
+    phase I's. `num_old` = C1 where phase I's kernel is wider (padded for the
+    model axis): its padding columns are dropped, and the new head's own come last.
     """
     def merge(old, new):
         if old.ndim == 0:       # The cosine head's scale sigma: carried over.
             return old
-        num_old = old.shape[-1]
-        return jnp.concatenate([old, new[..., num_old:]], axis=-1)
+        keep = old.shape[-1] if num_old is None else num_old
+        return jnp.concatenate([old[..., :keep], new[..., keep:]], axis=-1)
 
     head = jax.tree.map(merge, phase1_params["head"], new_head_params)
     return {**phase1_params, "head": head}

@@ -42,10 +42,11 @@ from asyncjax.reporting import Reporter
 
 # Fields that must match to resume a workdir: a different value means other checkpoints.
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
-                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from")
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "mesh.model")
 # What a phase I depends on: phase1_from refuses a workdir whose phase I differs in any of them.
 PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_seed", "split.num_head_classes",
-               "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from")
+               "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from",
+               "mesh.model")  # mesh.model: the head's padding for the model axis (its checkpoint's shape).
 PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3, "classifier": 4}
 # "async" is the paper's method; the others train one joint phase over all classes, and
 # the decoupling baselines then re-train (cRT) or adjust (tau-norm, NCM) the classifier.
@@ -330,7 +331,8 @@ class Trainer:
 
     def model(self, num_outputs: int, **options):
         return make_model(self.config.model.backbone, self.config.model.head, num_outputs, dtype=self.dtype,
-                          cosine_scale_init=self.config.model.cosine_scale_init, conv=self.conv, **options)
+                          cosine_scale_init=self.config.model.cosine_scale_init, conv=self.conv,
+                          num_padded=sharding.padded_classes(num_outputs, self.mesh), **options)
 
     def meta(self, **extra) -> dict:
         return {"rank_to_class": self.split.rank_to_class.tolist(), "num_head": self.split.num_head,
@@ -350,9 +352,9 @@ class Trainer:
         chunks = [indices[start:start + batch] for start in range(0, len(indices), batch)]
         # The last chunk is padded with its first row up to a whole batch (results dropped).
         padded = [np.concatenate([c, np.full(batch - len(c), c[0])]) for c in chunks]
-        local_batches = table.batches([sharding.process_slice(p) for p in padded], training=False)
+        local_batches = table.batches([sharding.process_slice(p, self.mesh) for p in padded], training=False)
         for chunk, local in zip(chunks, local_batches):
-            out = predict(variables, sharding.global_batch({"images": local}, self.mesh)["images"])
+            out = predict(variables, sharding.global_batch({"images": local}, self.mesh, batch)["images"])
             out = multihost_utils.process_allgather(out, tiled=True)
             predictions.append(np.asarray(out["prediction"])[:len(chunk)])
             features.append(np.asarray(out["features"])[:len(chunk)])
@@ -361,7 +363,7 @@ class Trainer:
     def eval_batch(self, rows: int) -> int:
         """The inference batch for `rows` images: EVAL_BATCH, or fewer for small sets (smoke
         runs get a batch of their own size, not a mostly padded one), a multiple of the data axis."""
-        unit = sharding.data_size(self.mesh) * self.processes
+        unit = sharding.data_size(self.mesh)
         return -(-min(EVAL_BATCH, rows) // unit) * unit
 
     def predict_program(self, model, variable_shardings):
@@ -427,7 +429,7 @@ class Trainer:
         init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn."""
         config = self.config
         recipe, sampler = self.recipe_and_sampler(name, rows)
-        if recipe.batch_size % (sharding.data_size(self.mesh) * self.processes):
+        if recipe.batch_size % sharding.data_size(self.mesh):  # Each process loads whole data blocks.
             raise ValueError(f"{name}.batch_size={recipe.batch_size} is not divisible by the "
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
         tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=trainable)
@@ -517,7 +519,7 @@ class Trainer:
         def epoch_batches(epoch, first_step):
             """(positions, images) of this process for the rest of an epoch; the images come
             from the input pipeline, which reads ahead (seeded by seed, phase, epoch, step)."""
-            positions = [sharding.process_slice(sampler.batch(epoch, s))
+            positions = [sharding.process_slice(sampler.batch(epoch, s), self.mesh)
                          for s in range(first_step, sampler.steps_per_epoch)]
             images = self.data.train_images.batches([rows[p] for p in positions], training=True,
                                                     key=(config.seed, PHASE_IDS[name], epoch), start=first_step)
@@ -544,7 +546,8 @@ class Trainer:
                     local = {"images": images, "labels": labels[positions]}
                     if batch_extras is not None:
                         local.update(batch_extras(rows[positions], labels[positions]))
-                    state, metrics = train_step(state, *extra_inputs, sharding.global_batch(local, self.mesh), rng)
+                    state, metrics = train_step(state, *extra_inputs,
+                                                sharding.global_batch(local, self.mesh, recipe.batch_size), rng)
                 summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
                 done = step_number + steps_now
                 step_number = done
@@ -705,8 +708,8 @@ class Trainer:
             fresh = model.init(jax.random.fold_in(self.rng, 2), jnp.zeros((1, *self.data.image_shape)),
                                train=False)["params"]["head"]
             if imprint is not None:
-                fresh = {**fresh, "kernel": fresh["kernel"].at[:, c1:].set(imprint)}
-            params = steps.extend_classifier(state1.params, fresh)
+                fresh = {**fresh, "kernel": fresh["kernel"].at[:, c1:c].set(imprint)}
+            params = steps.extend_classifier(state1.params, fresh, c1)
             return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                     batch_stats=state1.batch_stats, opt_state=tx.init(params))
 
@@ -883,10 +886,10 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, timed_steps: int = 
     with jax.set_mesh(trainer.mesh):
         programs = trainer.phase_programs(name, outputs, first_rows, trainer.initial_state, make_step)
         model, state, step = programs.model, programs.init(), programs.train_step
-        local_rows = sharding.process_slice(np.arange(recipe.batch_size) % len(trainer.train_labels))
+        local_rows = sharding.process_slice(np.arange(recipe.batch_size) % len(trainer.train_labels), trainer.mesh)
         local = {"images": next(iter(trainer.data.train_images.batches([local_rows], training=True))),
                  "labels": np.minimum(trainer.train_labels[local_rows], model.head.num_classes - 1)}
-        batch = sharding.global_batch(local, trainer.mesh)
+        batch = sharding.global_batch(local, trainer.mesh, recipe.batch_size)
         state, metrics = step(state, batch, trainer.rng)   # Compiles.
         jax.block_until_ready(metrics)
         started = time.perf_counter()

@@ -115,7 +115,7 @@ def jax_step(variant: str = ""):
         fn = jax.jit(step, in_shardings=(shardings, *extra_shardings, batch_sh, replicated),
                      out_shardings=(shardings, replicated), donate_argnums=0)
         # XLA's own count of the step's floating-point operations (forward, backward, update).
-        cost = fn.lower(state, *extra, sharding.global_batch(local, mesh), key).compile().cost_analysis()
+        cost = fn.lower(state, *extra, sharding.global_batch(local, mesh, args.batch), key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         # The count is of one device's program (its share of the batch): scale to the whole step.
         if not variant:
@@ -124,7 +124,7 @@ def jax_step(variant: str = ""):
         def run(n):
             start = time.perf_counter()
             for _ in range(n):  # The host->device copy of each batch is part of the timed step.
-                holder["state"], metrics = fn(holder["state"], *extra, sharding.global_batch(local, mesh), key)
+                holder["state"], metrics = fn(holder["state"], *extra, sharding.global_batch(local, mesh, args.batch), key)
             jax.block_until_ready((holder["state"], metrics))
             return time.perf_counter() - start
 

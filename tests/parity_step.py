@@ -15,14 +15,15 @@ from asyncjax.models import make_backbone, make_model
 
 
 def main():
-    num_head, num_classes, batch = 5, 8, 16
+    # argv: model axis size, number of classes (7 does not divide a model axis of 2: padded head).
+    num_head, num_classes, batch = 5, int(sys.argv[2]) if len(sys.argv) > 2 else 8, 16
     recipe = config_utils.phase_recipe(epochs=1, batch_size=batch, base_lr=0.1, base_batch_size=batch,
                                        schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 10)
-    model = make_model("resnet8", "cosine", num_classes)
+    mesh = sharding.make_mesh(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    model = make_model("resnet8", "cosine", num_classes, num_padded=sharding.padded_classes(num_classes, mesh))
     loss_config = ml_collections.ConfigDict(dict(retention_temperature=1.0, retention_normalize=True,
                                                  retention_reduction="mean", intra_margin=0.5, intra_top_k=2))
-    mesh = sharding.make_mesh(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     rng = np.random.default_rng(0)
     local = {"images": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
              "labels": rng.integers(0, num_classes, batch).astype(np.int32)}
@@ -41,12 +42,15 @@ def main():
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
         results = []
         for _ in range(2):
-            state, metrics = step(state, old, sharding.global_batch(local, mesh), jax.random.key(3))
+            state, metrics = step(state, old, sharding.global_batch(local, mesh, batch), jax.random.key(3))
             results.append({k: float(v) for k, v in metrics.items()})
         kernel_spec = str(state.params["head"]["kernel"].sharding.spec)
         kernel = np.asarray(state.params["head"]["kernel"])
+        padding = kernel[:, num_classes:]
+        kernel = kernel[:, :num_classes]
     print(json.dumps({"devices": jax.device_count(), "metrics": results, "kernel_spec": kernel_spec,
-                      "kernel_sum": float(np.abs(kernel).sum())}))
+                      "kernel_sum": float(np.abs(kernel).sum()), "kernel_width": int(kernel.shape[1] + padding.shape[1]),
+                      "padding_abs_sum": float(np.abs(padding).sum())}))
 
 
 if __name__ == "__main__":

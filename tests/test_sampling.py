@@ -29,24 +29,48 @@ def _total_variation(labels, counts, strategy, epoch, total_epochs):
     return 0.5 * np.abs(freq - class_probabilities(counts, strategy, epoch, total_epochs)).sum()
 
 
-def _process_slice_as(positions, index, count):
+class _FakeDevice:
+    def __init__(self, process_index):
+        self.process_index = process_index
+
+
+class _FakeMesh:
+    """A (data, model) mesh of `processes` hosts with the devices laid out host after host."""
+
+    def __init__(self, processes, devices_per_process, model=1):
+        count = processes * devices_per_process
+        self.shape = {"data": count // model, "model": model}
+        self.devices = np.array([_FakeDevice(i // devices_per_process) for i in range(count)],
+                                dtype=object).reshape(count // model, model)
+
+
+def _process_slice_as(positions, index, count, devices_per_process=2, model=1):
     """sharding.process_slice as process `index` of `count` would compute it."""
-    with mock.patch.object(jax, "process_count", return_value=count), \
-            mock.patch.object(jax, "process_index", return_value=index):
-        return sharding.process_slice(positions)
+    with mock.patch.object(jax, "process_index", return_value=index):
+        return sharding.process_slice(positions, _FakeMesh(count, devices_per_process, model))
 
 
 def test_process_slices_are_disjoint_contiguous_and_cover_the_global_batch():
     positions = np.random.default_rng(0).permutation(1000)[:48]
     for count in (1, 2, 4, 8):
-        shares = [_process_slice_as(positions, i, count) for i in range(count)]
+        shares = [_process_slice_as(positions, i, count, devices_per_process=48 // count // 3) for i in range(count)]
         assert all(len(s) == 48 // count for s in shares)
         # In process order they are the global batch again: disjoint, each row once, in place.
         np.testing.assert_array_equal(np.concatenate(shares), positions)
         # Process i holds rows i * per ... (i + 1) * per: the rows its devices own under the data axis.
         np.testing.assert_array_equal(shares[count - 1], positions[-(48 // count):])
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="not divisible by the 10 data-parallel devices"):
         _process_slice_as(positions, 0, 5)
+
+
+def test_hosts_that_share_data_positions_over_a_model_axis_load_the_same_rows():
+    """v5e:8x8 with mesh.model=8: 16 hosts of 4 chips, 8 data positions, each held by 2 hosts."""
+    positions = np.arange(512) * 3
+    shares = [_process_slice_as(positions, i, 16, devices_per_process=4, model=8) for i in range(16)]
+    assert all(len(s) == 64 for s in shares)
+    for data_index in range(8):  # Hosts 2i and 2i+1 hold data position i: rows 64 i .. 64 (i + 1).
+        np.testing.assert_array_equal(shares[2 * data_index], positions[64 * data_index:64 * (data_index + 1)])
+        np.testing.assert_array_equal(shares[2 * data_index + 1], shares[2 * data_index])
 
 
 @pytest.mark.parametrize("strategy", ["class_balanced", "sqrt", "progressive", "instance"])
@@ -60,7 +84,8 @@ def test_global_sample_follows_target_probabilities(strategy, hosts):
     for step in range(sampler.steps_per_epoch):
         positions = sampler.batch(epoch, step)
         # Each of `hosts` processes keeps its share of the same global batch (sharding.process_slice).
-        shares = [_process_slice_as(positions, index, hosts) for index in range(hosts)]
+        shares = [_process_slice_as(positions, index, hosts, devices_per_process=16 // hosts)
+                  for index in range(hosts)]
         assert sum(len(s) for s in shares) == batch
         drawn.extend(labels[np.concatenate(shares)])
     drawn = np.asarray(drawn)

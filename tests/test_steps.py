@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from asyncjax import augment, config_utils, losses, optim, steps
 from asyncjax.models import make_backbone, make_model
@@ -211,3 +212,45 @@ def test_phase2_with_frozen_batch_norm_keeps_phase1_statistics():
     # Frozen: the forward pass is the inference-mode one, so the new features equal the old model's
     # at the first step (same weights, same statistics): L_dis's self-distances are zero.
     assert float(frozen_metrics["self_distance"]) < 1e-5 < float(results[False][1]["self_distance"])
+
+
+@pytest.mark.parametrize("head", ["cosine", "linear"])
+def test_a_head_padded_for_the_model_axis_is_the_unpadded_head(head):
+    """num_padded widens the kernel with zero columns: the same initial real columns, the same
+    outputs and gradients on them, and no gradient on the padding."""
+    x = jax.random.normal(jax.random.key(5), (6, 32, 32, 3))
+    labels = jnp.array([0, 1, 2, 3, 4, 1])
+    plain = make_model("resnet8", head, 5)
+    padded = make_model("resnet8", head, 5, num_padded=8)
+    v_plain = plain.init(jax.random.key(0), x[:1], train=False)
+    v_padded = padded.init(jax.random.key(0), x[:1], train=False)
+    kernel = (lambda v: v["params"]["head"]["kernel"]) if head == "cosine" else (
+        lambda v: v["params"]["head"]["fc"]["kernel"])
+    assert kernel(v_padded).shape == (64, 8)
+    np.testing.assert_array_equal(kernel(v_padded)[:, :5], kernel(v_plain))
+    np.testing.assert_array_equal(kernel(v_padded)[:, 5:], 0.0)
+
+    def loss(params, model, variables):
+        out = model.apply({**variables, "params": params}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean(), out
+    (l_plain, out_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(v_plain["params"], plain, v_plain)
+    (l_padded, out_padded), g_padded = jax.value_and_grad(loss, has_aux=True)(v_padded["params"], padded, v_padded)
+    assert out_padded["logits"].shape == (6, 5)
+    # Same float operations on the real columns (the padding only adds zero columns): tight.
+    np.testing.assert_allclose(out_padded["logits"], out_plain["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(kernel({"params": g_padded})[:, :5], kernel({"params": g_plain}), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(kernel({"params": g_padded})[:, 5:], 0.0)
+
+
+def test_extend_classifier_from_a_padded_phase1_head():
+    """Phase I's kernel padded to 4 columns for 3 classes; phase II's to 8 for 7: the 3 real
+    columns, then the new head's columns 3..7 (its 4 new classes and its zero padding)."""
+    phase1 = make_model("resnet8", "cosine", 3, num_padded=4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                                  train=False)["params"]
+    fresh = make_model("resnet8", "cosine", 7, num_padded=8).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)),
+                                                                 train=False)["params"]["head"]
+    merged = steps.extend_classifier(phase1, fresh, 3)
+    assert merged["head"]["kernel"].shape == (64, 8)
+    np.testing.assert_array_equal(merged["head"]["kernel"][:, :3], phase1["head"]["kernel"][:, :3])
+    np.testing.assert_array_equal(merged["head"]["kernel"][:, 3:], fresh["kernel"][:, 3:])
+    np.testing.assert_array_equal(merged["head"]["kernel"][:, 7:], 0.0)

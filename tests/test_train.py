@@ -149,16 +149,21 @@ def test_scanned_steps_unrolled_has_no_loop_and_matches_the_loop():
     np.testing.assert_allclose(outputs[1][0]["w"], expected, rtol=1e-5)
 
 
-def test_one_device_and_eight_devices_agree():
-    """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model)."""
+@pytest.mark.parametrize("num_classes", [8, 7])
+def test_one_device_and_eight_devices_agree(num_classes):
+    """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model). With 7
+    classes the model axis of 2 takes a head padded to 8 columns: the same steps, padding left at zero."""
     outputs = []
     for devices, model_axis in ((1, 1), (8, 1), (8, 2)):
-        result = subprocess.run([sys.executable, "-m", "tests.parity_step", str(model_axis)], cwd=helpers.REPO,
-                                env=helpers.cli_env(devices), capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-m", "tests.parity_step", str(model_axis), str(num_classes)],
+                                cwd=helpers.REPO, env=helpers.cli_env(devices), capture_output=True, text=True,
+                                timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert [o["devices"] for o in outputs] == [1, 8, 8]
     assert "model" in outputs[2]["kernel_spec"] and "model" not in outputs[1]["kernel_spec"]
+    assert [o["kernel_width"] for o in outputs] == [num_classes, num_classes, 8]
+    assert outputs[2]["padding_abs_sum"] == 0.0  # No gradient, no weight decay, no momentum reaches it.
     for other in outputs[1:]:
         for one, many in zip(outputs[0]["metrics"], other["metrics"]):
             for key in one:
@@ -279,3 +284,20 @@ def test_compilation_cache_dir(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(cache)], cwd=helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == str(tmp_path / "from_env")
+
+
+def test_classifier_sharded_over_a_model_axis_that_the_classes_do_not_divide(tmp_path, tiny_cifar):
+    """mesh.model=2 with C1 = 61 head classes and C = 100: phase I's head is padded to 62 columns
+    and sharded, phase II extends the 61 real ones; the export holds the real columns only."""
+    workdir = tmp_path / "wd"
+    result = helpers.run_main(workdir, tiny_cifar, *[a for a in helpers.TINY if "num_head_classes" not in a],
+                              "--config.split.num_head_classes=61", "--config.mesh.model=2", devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["num_head_classes"] == 61 and 0 <= results["overall"] <= 100
+    phase1 = helpers.export(workdir, tmp_path / "phase1.npz", "--phase=phase1")
+    final = helpers.export(workdir, tmp_path / "final.npz")
+    assert phase1["params/head/kernel"].shape == (64, 61) and len(phase1["class_ids"]) == 61
+    assert final["params/head/kernel"].shape == (64, 100) and len(final["class_ids"]) == 100
+    # No NaN from the zero padding columns reached the trained head.
+    assert np.all(np.isfinite(final["params/head/kernel"]))

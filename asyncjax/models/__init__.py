@@ -42,13 +42,15 @@ class Classifier(nn.Module):
 
 
 def make_model(backbone: str, head: str, num_classes: int, *, dtype=jnp.float32,
-               cosine_scale_init: float = 16.0, class_scale: bool = False, conv=None) -> Classifier:
+               cosine_scale_init: float = 16.0, class_scale: bool = False, conv=None,
+               num_padded: int | None = None) -> Classifier:
     """A Classifier with `num_classes` outputs (C1 in phase I, C in phase II).
-    `class_scale`: LWS's per-class logit scales on a linear head."""
+    `class_scale`: LWS's per-class logit scales on a linear head. `num_padded`: the head's
+    kernel width when it must divide the mesh's model axis (heads.py)."""
     if head == "cosine":
-        head_module = CosineClassifier(num_classes, scale_init=cosine_scale_init, dtype=dtype)
+        head_module = CosineClassifier(num_classes, scale_init=cosine_scale_init, dtype=dtype, num_padded=num_padded)
     elif head == "linear":
-        head_module = LinearClassifier(num_classes, dtype=dtype, class_scale=class_scale)
+        head_module = LinearClassifier(num_classes, dtype=dtype, class_scale=class_scale, num_padded=num_padded)
     else:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     return Classifier(backbone=make_backbone(backbone, dtype, conv), head=head_module)
