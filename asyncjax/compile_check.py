@@ -36,9 +36,15 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 # TPU, so several may run at once (and beside a process that has loaded libtpu for the same).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-flags.DEFINE_string("topology", None, "TPU topology, GENERATION:SHAPE: v4:2x2x2, v5e:8x8, v5p:2x2x4, v6e:4x4, ...")
-flags.DEFINE_float("peak_share", 0.4, "Share of the chip's bf16 peak FLOP/s assumed for the projected step time.")
-flags.DEFINE_list("programs", None, "Only these programs (default: all the method runs).")
+
+
+def define_flags():
+    """Defined only when run as a program (the tests import this module beside other tools)."""
+    flags.DEFINE_string("config", None, "Config file, e.g. configs/inat.py or configs/cifar100_lt.py:smoke=True.")
+    flags.DEFINE_string("topology", None, "TPU topology, GENERATION:SHAPE: v4:2x2x2, v5e:8x8, v5p:2x2x4, v6e:4x4, ...")
+    flags.DEFINE_float("peak_share", 0.4, "Share of the chip's bf16 peak FLOP/s assumed for the projected step time.")
+    flags.DEFINE_list("programs", None, "Only these programs (default: all the method runs).")
+
 
 # Per chip: HBM (GiB) and dense bf16 peak (TFLOP/s), from Google Cloud's TPU pages; the
 # accelerator type tells libtpu which chip this host pretends to be (it has none).
@@ -317,6 +323,6 @@ if __name__ == "__main__":
     from asyncjax import cli
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
     arguments = cli.join_spaced_flags(sys.argv, ("config", "topology"))
-    flags.DEFINE_string("config", None, "Config file, e.g. configs/inat.py or configs/cifar100_lt.py:smoke=True.")
+    define_flags()
     cli.run(lambda argv: main(argv, overrides), __doc__,
             argv=[a for a in arguments if not a.startswith("--config.")])

@@ -17,12 +17,17 @@ import os
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("output", None, "Folder to write (created).")
-flags.DEFINE_integer("size", 28, "Image side in pixels (> 64 gives the streaming path).")
-flags.DEFINE_float("imbalance", 20.0, "n_max / n_min of the training split.")
-flags.DEFINE_integer("max_count", 200, "Training images of the largest class.")
-flags.DEFINE_integer("test_per_class", 20, "Test images per class.")
-flags.DEFINE_integer("seed", 0, "Seed of the drawings.")
+
+
+def define_flags():
+    """Defined only when run as a program: the tests import SHAPES and write() beside other tools."""
+    flags.DEFINE_string("output", None, "Folder to write (created).")
+    flags.DEFINE_integer("size", 28, "Image side in pixels (> 64 gives the streaming path).")
+    flags.DEFINE_float("imbalance", 20.0, "n_max / n_min of the training split.")
+    flags.DEFINE_integer("max_count", 200, "Training images of the largest class.")
+    flags.DEFINE_integer("test_per_class", 20, "Test images per class.")
+    flags.DEFINE_integer("seed", 0, "Seed of the drawings.")
+
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "bar", "diamond", "corner", "dots", "stripes")
 
@@ -89,4 +94,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from asyncjax import cli
+    define_flags()
     cli.run(main, __doc__)
