@@ -221,3 +221,35 @@ def test_the_readmes_example_set_is_long_tailed_in_both_layouts(tmp_path):
     list_paths, list_labels = custom.read_list(str(tmp_path / "train.txt"), str(tmp_path))
     assert sorted(list_paths) == sorted(paths)
     assert [example_data.SHAPES[label] for label in list_labels] == [p.split(os.sep)[-2] for p in list_paths]
+
+
+def test_no_head_classes_is_refused(tmp_path):
+    from asyncjax.data import longtail
+    data = _load(_config(root=write_folder_dataset(tmp_path, counts=(12, 8, 5))))  # All under 20 images.
+    with pytest.raises(ValueError, match="leaves no head classes"):
+        longtail.make_class_split(data.train_counts, None)
+
+
+def test_without_a_test_split_the_final_figures_are_on_validation(tmp_path):
+    root = write_folder_dataset(tmp_path, counts=(10, 6), splits=("train",))
+    with pytest.raises(ValueError, match="no test split and no validation split"):
+        _load(_config(root=root))
+    data = _load(_config(root=root, val_per_class=2))
+    assert data.test_images is data.val_images and len(data.val_labels) == 4
+    assert "final figures are on the validation split" in data.note
+
+
+def test_palette_rgba_and_mixed_sizes_become_one_rgb_size(tmp_path):
+    from PIL import Image
+
+    from asyncjax.data import custom
+    paths = []
+    for i, (mode, size) in enumerate([("RGBA", (20, 24)), ("P", (20, 24)), ("L", (20, 24)), ("RGB", (30, 30))]):
+        image = Image.new("RGB", size, (10 * i, 200, 30)).convert(mode)
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    lines = []
+    images, size = custom.decode_all(paths, None, log=lines.append)
+    assert images.shape == (4, 24, 20, 3) and images.dtype == np.uint8 and size == (20, 24)
+    assert lines == ["data: 1 of 4 images resized to the most common size 20x24"]
+    np.testing.assert_array_equal(images[0, 0, 0], [0, 200, 30])  # RGBA -> RGB keeps the colour.
