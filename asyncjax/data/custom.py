@@ -26,8 +26,9 @@ import os
 
 import numpy as np
 
-from asyncjax.data import longtail, sources
-from asyncjax.data.pipeline import InMemoryImages, StreamingImages
+from asyncjax.data import sources
+from asyncjax.data.datasets import LongTailData, long_tailed_subset, streaming_tables
+from asyncjax.data.pipeline import InMemoryImages
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 KINDS = ("folder", "lists", "tfds")
@@ -214,7 +215,6 @@ def _carve_validation(labels: np.ndarray, per_class: int, seed: int) -> tuple[np
 
 def load_files(data_config, log=print):
     """LongTailData of kind=folder or kind=lists."""
-    from asyncjax.data.datasets import LongTailData
     paths, labels, names, origin = _splits_from_files(data_config)
     note = ""
     if "val" not in paths and data_config.val_per_class > 0:
@@ -249,9 +249,7 @@ def load_files(data_config, log=print):
             check_headers([p for split_paths in paths.values() for p in split_paths])
         check_overlap(paths, {s: [os.path.realpath(p) for p in ps] for s, ps in paths.items()},
                       data_config.allow_overlap)
-        tables = {split: StreamingImages(_PathSource(paths[split], labels[split]), size=data_config.image_size,
-                                         resize=data_config.resize_size, workers=data_config.workers)
-                  for split in paths}
+        tables = streaming_tables({split: _PathSource(paths[split], labels[split]) for split in paths}, data_config)
     test = "test" if "test" in tables else "val"
     return LongTailData(tables["train"], labels["train"], tables[test], labels[test], len(names), note,
                         val_images=tables.get("val"), val_labels=labels.get("val"), class_names=names,
@@ -276,7 +274,6 @@ def load_tfds(data_config, log=print):
     """LongTailData of kind=tfds: the dataset's train split made long-tailed as CIFAR-100-LT is."""
     import tensorflow_datasets as tfds
 
-    from asyncjax.data.datasets import LongTailData
     name = data_config.name
     if not name:
         raise ValueError("kind=tfds needs a dataset name: configs/custom.py:kind=tfds,name=NAME")
@@ -303,12 +300,10 @@ def load_tfds(data_config, log=print):
     if (per_class == 0).any():
         raise ValueError(f"TFDS {name} train: class(es) {np.flatnonzero(per_class == 0)[:10].tolist()} have no images")
     max_count = data_config.max_count if data_config.max_count > 0 else int(per_class.min())
-    counts = longtail.lt_counts(len(names), max_count, data_config.imbalance)
-    keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    keep, val = long_tailed_subset(train_labels, len(names), data_config, max_count)  # As CIFAR-100-LT.
     rows = {"train": keep}
-    if "val" not in splits and data_config.val_per_class > 0:
-        rows["val"] = longtail.validation_split(train_labels, keep, data_config.val_per_class,
-                                                data_config.subsample_seed)
+    if "val" not in splits and val is not None:
+        rows["val"] = val
     shape = features["image"].shape
     small = shape[0] is not None and shape[1] is not None and max(shape[:2]) <= data_config.small_max_side
     tables, labels = {}, {}
@@ -321,8 +316,7 @@ def load_tfds(data_config, log=print):
         if small:
             tables[split] = InMemoryImages(np.stack([_rgb(src[int(i)]["image"]) for i in index]))
         else:
-            tables[split] = StreamingImages(_Subset(src, index), size=data_config.image_size,
-                                            resize=data_config.resize_size, workers=data_config.workers)
+            tables.update(streaming_tables({split: _Subset(src, index)}, data_config))
     note = f"TFDS {name}, training split made long-tailed (n_max {max_count}, imbalance {data_config.imbalance})"
     if "test" not in tables:
         if "val" not in tables:

@@ -10,6 +10,11 @@ Splits: the final figures come from `test`. Monitoring during training uses
 training images its long-tailed subset leaves out, `data.val_per_class`), so nothing is looked at
 on the test split before the end. iNaturalist 2018 has no third split and reports on its
 validation split, as the field does.
+
+Your own data (dataset=custom, asyncjax/data/custom.py) goes through the same two steps as the
+benchmarks: `long_tailed_subset` (CIFAR-100-LT's rule, also any TFDS dataset's) and
+`streaming_tables` (the 224-px benchmarks' pipeline, also large custom images); a benchmark is its
+source spec (BENCHMARKS: classes, TFDS name and splits, split-list names) plus its config's recipe.
 """
 from __future__ import annotations
 
@@ -74,15 +79,35 @@ def load(config: ml_collections.ConfigDict, log=print) -> LongTailData:
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
 
 
+def long_tailed_subset(train_labels: np.ndarray, num_classes: int, data_config, max_count: int):
+    """(kept rows, validation rows or None) of a balanced training split made long-tailed:
+    lt_counts(C, max_count, data.imbalance) per class, seeded by data.subsample_seed, and up to
+    data.val_per_class validation images per class from the rows it leaves out. CIFAR-100-LT and
+    custom TFDS datasets (configs/custom.py:kind=tfds) both go through here."""
+    counts = longtail.lt_counts(num_classes, max_count, data_config.imbalance)
+    keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    val = None
+    if data_config.get("val_per_class", 0) > 0:  # Monitoring and free choices use it; test is read once.
+        val = longtail.validation_split(train_labels, keep, data_config.val_per_class, data_config.subsample_seed)
+    return keep, val
+
+
+def streaming_tables(split_sources: dict, data_config) -> dict:
+    """{split: StreamingImages} over random-access sources, at data.image_size: the 224-px
+    benchmarks and custom data of larger images both stream through here."""
+    return {split: StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
+                                   workers=data_config.workers)
+            for split, source in split_sources.items()}
+
+
 def load_cifar100_lt(data_config) -> LongTailData:
     """CIFAR-100-LT: the training split subsampled to lt_counts(100, max_count, IF); the
     balanced test split untouched."""
     directory = data_config.cifar100_dir
     train_images, train_labels = cifar.load_cifar100("train", directory, data_config.tfds_data_dir)
     test_images, test_labels = cifar.load_cifar100("test", directory, data_config.tfds_data_dir)
-    counts = longtail.lt_counts(cifar.NUM_CLASSES, data_config.max_count, data_config.imbalance)
     try:
-        keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+        keep, val = long_tailed_subset(train_labels, cifar.NUM_CLASSES, data_config, data_config.max_count)
     except ValueError as e:  # Too few images of a class: most often a file cut at a record boundary.
         per_class = np.bincount(train_labels, minlength=cifar.NUM_CLASSES)
         raise ValueError(f"{e} (max_count {data_config.max_count}, imbalance {data_config.imbalance}); the "
@@ -92,8 +117,7 @@ def load_cifar100_lt(data_config) -> LongTailData:
     if directory and "shared" in str(directory).split("/"):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
     val_images = val_labels = None
-    if data_config.get("val_per_class", 0) > 0:  # Monitoring and free choices use it; test is read once.
-        val = longtail.validation_split(train_labels, keep, data_config.val_per_class, data_config.subsample_seed)
+    if val is not None:
         val_images, val_labels = InMemoryImages(train_images[val]), train_labels[val]
     return LongTailData(InMemoryImages(train_images[keep]), train_labels[keep], InMemoryImages(test_images),
                         test_labels, cifar.NUM_CLASSES, note, val_images=val_images, val_labels=val_labels)
@@ -119,14 +143,12 @@ def make_source(name: str, split: str, data_config):
 def load_streaming(name: str, data_config) -> LongTailData:
     spec = BENCHMARKS[name]
     splits = spec["tfds_splits"] or spec["lists"]
-    tables, labels = {}, {}
-    for split in splits:
-        source = make_source(name, split, data_config)
+    split_sources = {split: make_source(name, split, data_config) for split in splits}
+    for source in split_sources.values():
         if len(source.labels) and source.labels.max() >= spec["num_classes"]:
             raise ValueError(f"{source}: label {source.labels.max()} is out of range for "
                              f"{spec['num_classes']} classes")
-        tables[split] = StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
-                                        workers=data_config.workers)
-        labels[split] = source.labels
+    tables = streaming_tables(split_sources, data_config)
+    labels = {split: source.labels for split, source in split_sources.items()}
     return LongTailData(tables["train"], labels["train"], tables["test"], labels["test"], spec["num_classes"],
                         val_images=tables.get("val"), val_labels=labels.get("val"))
