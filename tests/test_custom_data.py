@@ -253,3 +253,16 @@ def test_palette_rgba_and_mixed_sizes_become_one_rgb_size(tmp_path):
     assert images.shape == (4, 24, 20, 3) and images.dtype == np.uint8 and size == (20, 24)
     assert lines == ["data: 1 of 4 images resized to the most common size 20x24"]
     np.testing.assert_array_equal(images[0, 0, 0], [0, 200, 30])  # RGBA -> RGB keeps the colour.
+
+
+def test_a_streamed_image_cut_short_after_its_header_is_named_when_decoded(tmp_path):
+    """The streaming path reads every header up front; a file truncated after it fails in the
+    pipeline, with its path in the error."""
+    folder = write_folder_dataset(tmp_path / "images", counts=(3, 3), size=(80, 72), mode="RGB", ext="jpg")
+    victim = tmp_path / "images" / "train" / "class_1" / "2.jpg"
+    content = victim.read_bytes()
+    victim.write_bytes(content[:len(content) * 2 // 3])  # The JPEG header survives, the scan does not.
+    data = _load(_config(root=folder, workers=0))  # Headers only: it passes the up-front check.
+    assert not data.small
+    with pytest.raises(ValueError, match=r"class_1/2\.jpg: unreadable or truncated image"):
+        list(data.train_images.batches([np.arange(len(data.train_labels))], training=True, key=(0, 1, 0)))

@@ -267,7 +267,7 @@ class _PathSource:
 
     def __getitem__(self, index: int) -> dict:
         with open(self.paths[index], "rb") as f:
-            return {"image": f.read(), "label": int(self.labels[index])}
+            return {"image": f.read(), "label": int(self.labels[index]), "path": self.paths[index]}
 
 
 def load_tfds(data_config, log=print):

@@ -58,11 +58,15 @@ class LoadBatch:
         images = []
         for position, index in enumerate(indices):
             record = self.source[int(index)]
-            if self.training:
-                rng = np.random.default_rng([*seed, position])
-                images.append(transforms.train_transform(record["image"], rng, self.size))
-            else:
-                images.append(transforms.eval_transform(record["image"], self.size, self.resize))
+            try:
+                if self.training:
+                    rng = np.random.default_rng([*seed, position])
+                    images.append(transforms.train_transform(record["image"], rng, self.size))
+                else:
+                    images.append(transforms.eval_transform(record["image"], self.size, self.resize))
+            except (OSError, ValueError, SyntaxError) as e:  # A file cut short after its header, say.
+                raise ValueError(f"{record.get('path', f'record {int(index)}')}: unreadable or truncated "
+                                 f"image ({e})") from e
         return np.stack(images)
 
 

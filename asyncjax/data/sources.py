@@ -99,7 +99,7 @@ class ListFolderSource:
 
     def __getitem__(self, index: int) -> dict:
         with open(self.paths[index], "rb") as f:
-            return {"image": f.read(), "label": int(self.labels[index])}
+            return {"image": f.read(), "label": int(self.labels[index]), "path": self.paths[index]}
 
     def __repr__(self):
         return f"ListFolderSource({self.list_path!r}, {len(self)} images)"
