@@ -102,3 +102,17 @@ def test_synthetic_counts_give_the_benchmarks_head_split():
         assert len(counts) == classes and counts.max() == largest and counts.min() == smallest, name
         assert np.all(np.diff(counts) <= 0), name
         assert longtail.make_class_split(counts, None).num_head == head, name
+
+
+def test_programs_selects_a_subset_and_names_the_unknown(libtpu):
+    from asyncjax import compile_check, config_utils
+    _, devices = compile_check.topology_devices("v5e:2x2")
+    load = lambda: config_utils.load_config_file(str(REPO / "configs" / "cifar100_lt.py") + ":smoke=True")
+    _, programs, _ = compile_check.build_programs(load(), devices, ["phase2_step", "evaluation"])
+    assert list(programs) == ["phase2_step", "evaluation"]
+    with pytest.raises(ValueError, match=r"--programs: unknown \['phase3_step'\]; this method runs \['phase1_step'"):
+        compile_check.build_programs(load(), devices, ["phase3_step"])
+    plain = load()
+    plain.method = "plain"  # One joint phase: no memory bank, no phase II.
+    _, programs, _ = compile_check.build_programs(plain, devices)
+    assert list(programs) == ["joint_step", "evaluation"]
