@@ -184,8 +184,13 @@ def build_programs(config, devices, wanted=None):
     facts["head_state_bytes_per_chip"] = {name: head_bytes_per_chip(first.state_shardings, first.abstract_state)}
     state1 = abstract(first.abstract_state, first.state_shardings)
     out[f"{name}_step"] = (first.train_step, (state1, train_batch(first.recipe.batch_size), rng), {})
+    notes = []
     if first.multi_step is not None:
-        facts["note"] = "steps_per_dispatch > 1: the device-resident scan is not compiled here"
+        notes.append("steps_per_dispatch > 1: the device-resident scan is not compiled here")
+    if config.method in ("crt", "lws"):
+        notes.append(f"method={config.method}: its classifier re-training step is not compiled here")
+    if notes:
+        facts["note"] = "; ".join(notes)
     if config.method == "async":
         c1 = split.num_head
         out["feature_pass"] = inference(first, len(rows))  # Phase I's images, X1.
