@@ -422,11 +422,14 @@ class Trainer:
     # ---- one phase -----------------------------------------------------------------------
     def phase_programs(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
                        extra_shardings: tuple = (), batch_extras=None, trainable: str = "all",
-                       model_options: dict | None = None) -> PhasePrograms:
+                       model_options: dict | None = None, init_inputs: tuple = ()) -> PhasePrograms:
         """Phase `name`'s model, optimiser and jitted programs over the training rows `rows`, with
         their shardings: built, not run (train_phase runs them; compile_check compiles them).
 
-        init_fn(model, tx) -> TrainState; make_step(model, tx, schedule, steps_per_epoch) -> step fn."""
+        init_fn(model, tx, *init_inputs) -> TrainState; make_step(model, tx, schedule, steps_per_epoch)
+        -> step fn. Arrays the first state is made from (phase I's, for phase II) are `init_inputs`,
+        arguments of the jitted init: a program may not close over an array that spans other
+        processes' devices (a classifier sharded across hosts)."""
         config = self.config
         recipe, sampler = self.recipe_and_sampler(name, rows)
         if recipe.batch_size % sharding.data_size(self.mesh):  # Each process loads whole data blocks.
@@ -434,7 +437,7 @@ class Trainer:
                              f"{sharding.data_size(self.mesh)} data-parallel devices")
         tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=trainable)
         model = self.model(num_outputs, **(model_options or {}))
-        abstract = jax.eval_shape(lambda: init_fn(model, tx))
+        abstract = jax.eval_shape(lambda *inputs: init_fn(model, tx, *inputs), *init_inputs)
         state_shardings = sharding.state_shardings(abstract, self.mesh)
         batch_sh = sharding.batch_sharding(self.mesh)
         replicated = sharding.replicated(self.mesh)
@@ -452,19 +455,21 @@ class Trainer:
                 out_shardings=(state_shardings, replicated), donate_argnums=0)
         return PhasePrograms(recipe=recipe, sampler=sampler, tx=tx, schedule=schedule, model=model,
                              abstract_state=abstract, state_shardings=state_shardings,
-                             init=jax.jit(lambda: init_fn(model, tx), out_shardings=state_shardings),
+                             init=jax.jit(lambda *inputs: init_fn(model, tx, *inputs),
+                                          out_shardings=state_shardings),
                              train_step=train_step, multi_step=multi_step)
 
     def train_phase(self, name: str, num_outputs: int, rows: np.ndarray, init_fn, make_step,
                     extra_inputs: tuple = (), extra_shardings: tuple = (), batch_extras=None,
-                    meta_extra: dict | None = None, trainable: str = "all", model_options: dict | None = None):
+                    meta_extra: dict | None = None, trainable: str = "all", model_options: dict | None = None,
+                    init_inputs: tuple = ()):
         """Trains one phase to its last step, resuming from its checkpoints (the programs of
         `phase_programs`, which takes the arguments of the same names).
         Returns (model, state, elapsed seconds over all runs of this phase).
         """
         config = self.config
         programs = self.phase_programs(name, num_outputs, rows, init_fn, make_step, extra_shardings,
-                                       batch_extras, trainable, model_options)
+                                       batch_extras, trainable, model_options, init_inputs)
         recipe, sampler, model = programs.recipe, programs.sampler, programs.model
         abstract, state_shardings = programs.abstract_state, programs.state_shardings
         labels = self.train_labels[rows]
@@ -479,7 +484,7 @@ class Trainer:
             if latest < total:
                 self.reporter.info(f"{name}: resuming from step {latest}/{total}")
         else:
-            state = programs.init()
+            state = programs.init(*init_inputs)
             if config.init_from and name in ("phase1", "joint"):
                 # Outside the jitted init, so that the weights are not baked into a program.
                 params, batch_stats = pretrained.load_backbone(jax.device_get(state.params),
@@ -654,21 +659,22 @@ class Trainer:
                                                            metric=self.config.decoupling.ncm_metric))
             result = self.accuracy_of(predictions)
         else:  # crt: a fresh classifier; lws: per-class scales on the joint classifier.
-            def init(model, tx):
+            def init(model, tx, joint_params, joint_batch_stats):
                 if method == "crt":
                     head = model.init(jax.random.fold_in(self.rng, 4), jnp.zeros((1, *self.data.image_shape)),
                                       train=False)["params"]["head"]
                 else:
-                    head = {**joint_state.params["head"], "class_scale": jnp.ones((num_classes,), jnp.float32)}
-                params = {**joint_state.params, "head": head}
+                    head = {**joint_params["head"], "class_scale": jnp.ones((num_classes,), jnp.float32)}
+                params = {**joint_params, "head": head}
                 return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                        batch_stats=joint_state.batch_stats, opt_state=tx.init(params))
+                                        batch_stats=joint_batch_stats, opt_state=tx.init(params))
             make_step = lambda model, tx, schedule, steps_per_epoch: steps.make_classifier_retraining_step(
                 model, tx, schedule, self.train_preprocess)
             model, state, _ = self.train_phase(
                 "classifier", num_classes, np.arange(len(self.train_labels)), init, make_step,
                 trainable="head" if method == "crt" else "class_scale",
-                model_options={"class_scale": method == "lws"})
+                model_options={"class_scale": method == "lws"},
+                init_inputs=(joint_state.params, joint_state.batch_stats))
             result = self.final_accuracy(model, state)
         return {**result, "joint": joint,
                 "wall_time_s": {"joint": joint_seconds, method: time.time() - started}}
@@ -704,20 +710,20 @@ class Trainer:
         old_variables = jax.tree.map(lambda x: jnp.array(x, copy=True), self.frozen_backbone(state1))
         imprint = self.imprinted_rows(model1, state1) if self.config.phase2_init == "imprint" else None
 
-        def init2(model, tx):
+        def init2(model, tx, params1, batch_stats1, imprint):
             fresh = model.init(jax.random.fold_in(self.rng, 2), jnp.zeros((1, *self.data.image_shape)),
                                train=False)["params"]["head"]
             if imprint is not None:
                 fresh = {**fresh, "kernel": fresh["kernel"].at[:, c1:c].set(imprint)}
-            params = steps.extend_classifier(state1.params, fresh, c1)
+            params = steps.extend_classifier(params1, fresh, c1)
             return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                    batch_stats=state1.batch_stats, opt_state=tx.init(params))
+                                    batch_stats=batch_stats1, opt_state=tx.init(params))
 
         weight = self.retention_weight()
         model2, state2, seconds2 = self.train_phase(
             "phase2", c, rows2, init2, self.phase2_step_factory(), extra_inputs=(old_variables,),
             extra_shardings=(self.frozen_backbone_shardings(state1),), batch_extras=self.is_memory,
-            meta_extra={"memory_bank": bank.tolist()})
+            meta_extra={"memory_bank": bank.tolist()}, init_inputs=(state1.params, state1.batch_stats, imprint))
         return {**self.final_accuracy(model2, state2), "phase1": phase1_result,
                 "phase1_from": self.config.phase1_from or None,
                 "num_head_classes": c1, "retention_weight": weight,

@@ -180,20 +180,24 @@ def test_nothing_is_unpickled():
             assert "allow_pickle=False" in call, (path, call)
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar):
+@pytest.mark.parametrize("model_axis", [1, 2])
+def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar, model_axis):
+    """model_axis=2: the classifier is sharded across the two processes and the data axis has one
+    position, which both hold: each loads the whole batch (sharding.process_rows)."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     workdir = tmp_path / "two_processes"
+    mesh = [f"--config.mesh.model={model_axis}"]
     processes = [subprocess.Popen(
-        helpers.main_command(workdir, tiny_cifar, *helpers.TINY, f"--coordinator_address=localhost:{port}",
+        helpers.main_command(workdir, tiny_cifar, *helpers.TINY, *mesh, f"--coordinator_address=localhost:{port}",
                              "--num_processes=2", f"--process_id={i}"),
         cwd=helpers.REPO, env=helpers.cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     reference = tmp_path / "one_process"
-    result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, devices=2)
+    result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, *mesh, devices=2)
     assert result.returncode == 0, result.stderr[-3000:]
     want = helpers.export(reference, tmp_path / "want.npz")
     got = helpers.export(workdir, tmp_path / "got.npz")
