@@ -785,7 +785,7 @@ class Trainer:
             os.replace(tmp, path)
         return bank
 
-    def imprinted_rows(self, model1, state1) -> jax.Array:
+    def imprinted_rows(self, model1, state1) -> np.ndarray:
         """(choice) W_c2 rows = normalised mean phase-I feature of each tail class: [d, C2]."""
         c1 = self.split.num_head
         tail_rows = np.flatnonzero(self.train_labels >= c1)
@@ -793,7 +793,7 @@ class Trainer:
         labels = self.train_labels[tail_rows] - c1
         means = np.stack([features[labels == k].mean(axis=0) for k in range(self.split.num_tail)])
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-        return jnp.asarray(means.T, jnp.float32)
+        return np.asarray(means.T, np.float32)  # Host data: every process passes the same to the init.
 
     @staticmethod
     def _percent(accuracies: dict) -> dict:
