@@ -78,7 +78,7 @@ class PhasePrograms:
     model: Any
     abstract_state: Any                  # The TrainState's shapes and dtypes (jax.eval_shape).
     state_shardings: Any
-    init: Callable                       # () -> the phase's first TrainState, placed.
+    init: Callable                       # (*init_inputs) -> the phase's first TrainState, placed.
     train_step: Callable                 # (state, *extra, batch, rng) -> (state, metrics).
     multi_step: Callable | None          # The device-resident scan of steps (steps_per_dispatch > 1).
 
@@ -280,7 +280,6 @@ class Trainer:
                 raise ValueError(f"phase1_from: {config.phase1_from} has no finished phase I "
                                  f"(latest phase-I checkpoint: {latest}, of {total} steps)")
         self.mesh = sharding.make_mesh(config.mesh.model, devices)
-        self.processes = sharding.process_count(self.mesh)
         self.dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
         # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
         self.conv_weight_grad = speed_choice.resolve_conv_weight_grad(
