@@ -77,7 +77,7 @@ def global_batch(local_batch: dict, mesh, batch_size: int) -> dict:
             for k, v in local_batch.items()}
 
 
-def process_rows(batch_size: int, mesh, process_index: int | None = None) -> slice:
+def process_rows(batch_size: int, mesh) -> slice:
     """The rows of a global batch that a process loads: the blocks of the `data` positions its
     devices hold. Every host computes the same global batch from (seed, epoch, step) and keeps
     these rows. Processes whose devices differ only along `model` (a model axis spanning hosts:
@@ -85,7 +85,7 @@ def process_rows(batch_size: int, mesh, process_index: int | None = None) -> sli
     data = data_size(mesh)
     if batch_size % data:
         raise ValueError(f"global batch {batch_size} is not divisible by the {data} data-parallel devices")
-    me = jax.process_index() if process_index is None else process_index
+    me = jax.process_index()
     held = sorted({i for i in range(data) for d in np.asarray(mesh.devices)[i].flat if d.process_index == me})
     if not held or held != list(range(held[0], held[-1] + 1)):
         raise ValueError(f"process {me} holds data positions {held} of the mesh: not one contiguous block")
