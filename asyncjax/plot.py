@@ -148,24 +148,49 @@ def plot_ablation(plt, ablation: dict, path):
 
 
 def plot_study(plt, study: dict, path):
-    """One panel per factor of a phase-II study: validation overall / Many / Medium / Few
-    (mean over seeds, std as error bars) against the factor's values."""
+    """A phase-II study on validation (mean over seeds, std as error bars). One factor at a time:
+    one panel per factor, overall / Many / Medium / Few against its values. A joint grid: one panel
+    per group (overall, Many, Few), the first grid key on the x axis, a line per combination of
+    the others."""
     import numpy as np
 
-    factors = list(dict.fromkeys(row["key"] for row in study["rows"]))
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.4), squeeze=False)
-    for ax, factor in zip(axes[0], factors):
-        rows = [row for row in study["rows"] if row["key"] == factor]
-        x = np.arange(len(rows))
-        for key, style in (("overall", "ko-"), ("many", "s--"), ("medium", "^--"), ("few", "v--")):
-            present = [[v for v in row[key] if v is not None] for row in rows]
-            means = [np.mean(v) if v else np.nan for v in present]
-            stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
-            ax.errorbar(x, means, yerr=stds, fmt=style, capsize=3, label=key)
-        ax.set_xticks(x, [row["value"] for row in rows])
-        ax.set_xlabel(factor, fontsize=8)
-    axes[0][0].set_ylabel("validation top-1 (%)")
-    axes[0][0].legend(fontsize=7)
+    def mean_std(row, group):
+        values = [v for v in row[group] if v is not None]
+        return (np.mean(values) if values else np.nan), (np.std(values, ddof=1) if len(values) > 1 else 0.0)
+
+    if study.get("grid"):
+        first, others = study["grid"][0], study["grid"][1:]
+        xs = list(dict.fromkeys(row["settings"][first] for row in study["rows"]))
+        lines = list(dict.fromkeys(tuple(row["settings"][k] for k in others) for row in study["rows"]))
+        groups = ("overall", "many", "few")
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.4), squeeze=False)
+        for ax, group in zip(axes[0], groups):
+            for line in lines:
+                rows = {row["settings"][first]: row for row in study["rows"]
+                        if tuple(row["settings"][k] for k in others) == line}
+                figures = [mean_std(rows[x], group) if x in rows else (np.nan, 0.0) for x in xs]
+                label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(others, line)) or "grid"
+                ax.errorbar(np.arange(len(xs)), [m for m, _ in figures], yerr=[s for _, s in figures],
+                            fmt="o-", capsize=3, label=label)
+            ax.set_xticks(np.arange(len(xs)), xs)
+            ax.set_xlabel(first, fontsize=8)
+            ax.set_title(group, fontsize=9)
+        axes[0][0].set_ylabel("validation top-1 (%)")
+        axes[0][0].legend(fontsize=7)
+    else:
+        factors = list(dict.fromkeys(row["key"] for row in study["rows"]))
+        fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.4), squeeze=False)
+        for ax, factor in zip(axes[0], factors):
+            rows = [row for row in study["rows"] if row["key"] == factor]
+            x = np.arange(len(rows))
+            for group, style in (("overall", "ko-"), ("many", "s--"), ("medium", "^--"), ("few", "v--")):
+                figures = [mean_std(row, group) for row in rows]
+                ax.errorbar(x, [m for m, _ in figures], yerr=[s for _, s in figures], fmt=style, capsize=3,
+                            label=group)
+            ax.set_xticks(x, [row["value"] for row in rows])
+            ax.set_xlabel(factor, fontsize=8)
+        axes[0][0].set_ylabel("validation top-1 (%)")
+        axes[0][0].legend(fontsize=7)
     fig.suptitle(f"phase-II study, budget {study['budget']}, {study['seeds']} phase I(s)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -26,7 +26,14 @@ values from that run's phase I (--config.phase1_from), and writes DIR/study_phas
 --workdir=DIR`). The factors and values are reproduce.STUDY. Other --config overrides apply to the
 base and every variant (a study around tau = 0.01: --config.loss.retention_temperature=0.01), and
 --config.phase1_from=OTHER_ROOT/base_seed{seed} reuses another study's phase I of each seed for
-the base and the variants alike ({seed} is replaced by the seed).
+the base and the variants alike ({seed} is replaced by the seed). A joint grid instead of one
+factor at a time, e.g. after a one-factor study:
+
+    python -m asyncjax.reproduce --study=phase2 --budget=medium --seeds=2 --workdir=DIR ... \
+        --grid=phase2.base_lr=0.1,0.03,0.01 --grid=loss.retention_weight_base=1,2,4
+
+writes DIR/study_phase2_<budget>_grid.md and .json. A variant's directory names only the settings
+that differ from the defaults, so one-factor and grid studies in one DIR share their runs.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 
@@ -65,6 +72,8 @@ def define_flags():
     flags.DEFINE_enum("study", "none", ["none", "phase2"],
                       "phase2: phase-II variants, each from the same phase I (phase1_from), on validation.")
     flags.DEFINE_list("factors", list(STUDY), "With --study: the factors to vary (default: all).")
+    flags.DEFINE_multi_string("grid", [], "With --study: KEY=V1,V2,... (repeat the flag per key): the variants "
+                              "are every combination of the keys' values (a joint grid), not one factor at a time.")
     flags.mark_flag_as_required("workdir")
 
 
@@ -228,18 +237,37 @@ def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: 
     return text
 
 
-def variant_config(key: str, value: str, seed: int, budget: str, overrides, base_dir: str):
-    """The study's variant: the defaults with `key` = `value`, phase II from `base_dir`'s phase I."""
+def variant_config(settings, seed: int, budget: str, overrides, base_dir: str):
+    """The study's variant: the defaults with each (key, value) of `settings`, phase II from
+    `base_dir`'s phase I."""
+    from asyncjax import config_utils
+
     config = row_config("async", 100, seed, budget, overrides)
-    if key == "phase2.epoch_fraction":
-        recipe = config.phase2
-        recipe.epochs = max(1, int(round(float(value) * config.phase1.epochs)))
-        recipe.warmup_epochs = min(recipe.warmup_epochs, recipe.epochs - 1)
-    else:
-        from asyncjax import config_utils
-        config_utils.apply_overrides(config, [f"--config.{key}={value}"])
+    for key, value in settings:
+        if key == "phase2.epoch_fraction":
+            recipe = config.phase2
+            recipe.epochs = max(1, int(round(float(value) * config.phase1.epochs)))
+            recipe.warmup_epochs = min(recipe.warmup_epochs, recipe.epochs - 1)
+        else:
+            config_utils.apply_overrides(config, [f"--config.{key}={value}"])
     config.phase1_from = base_dir
     return config
+
+
+def parse_grid(grid) -> list[tuple[str, list[str]]]:
+    """--grid flags (KEY=V1,V2,...) as [(key, values)], refusing a key the study does not know
+    and a key given twice."""
+    parsed = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid={item}: expected KEY=V1,V2,... (e.g. phase2.base_lr=0.1,0.03)")
+        if key not in STUDY:
+            raise ValueError(f"--grid={item}: unknown study factor {key!r}; choose from {list(STUDY)}")
+        if key in dict(parsed):
+            raise ValueError(f"--grid: {key} is given twice")
+        parsed.append((key, [v for v in values.split(",") if v]))
+    return parsed
 
 
 def _is_default(key: str, value: str, base) -> bool:
@@ -254,14 +282,23 @@ def _is_default(key: str, value: str, base) -> bool:
     return node == other
 
 
-def study(workdir: str, budget: str, seeds: int, factors, overrides) -> str:
+def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=()) -> str:
     """Phase II from one phase I per seed: the defaults (`base_seed<s>`, a whole async run) and each
-    factor's other values from its phase I (`<key>=<value>_seed<s>`). Validation figures only: the
-    settings are chosen on them, never on the test split."""
+    variant from its seed's phase I, named by the settings it changes (`<key>=<value>[,...]_seed<s>`,
+    so a variant two studies share is trained once). Variants: each factor's values alone, or with
+    `grid` ([(key, values)]) every combination. Validation figures only: the settings are chosen on
+    them, never on the test split."""
+    import itertools
+
     from asyncjax import train
     unknown = [f for f in factors if f not in STUDY]
     if unknown:
         raise ValueError(f"unknown study factors {unknown}; choose from {list(STUDY)}")
+    if grid:
+        points = [list(zip([key for key, _ in grid], values))
+                  for values in itertools.product(*[values for _, values in grid])]
+    else:
+        points = [[(key, value)] for key in factors for value in STUDY[key]]
     bases = {}
     for seed in range(seeds):
         base_dir = os.path.join(workdir, f"base_seed{seed}")
@@ -269,37 +306,44 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides) -> str:
         bases[seed] = (base_dir, row_config("async", 100, seed, budget, overrides),
                        train.run(row_config("async", 100, seed, budget, overrides), base_dir))
     rows = []
-    for key in factors:
-        for value in STUDY[key]:
-            results = []
-            for seed, (base_dir, base_config, base_results) in bases.items():
-                if _is_default(key, value, base_config):
-                    results.append(base_results)
-                    continue
-                directory = os.path.join(workdir, f"{key}={value}_seed{seed}")
-                print(f"=== study phase2, {key} = {value}, seed {seed}: {directory}", flush=True)
-                # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
-                # that phase I on: only a workdir that trained phase I holds its checkpoints.
-                source = base_config.phase1_from or base_dir
-                results.append(train.run(variant_config(key, value, seed, budget, overrides, source), directory))
-            rows.append({"key": key, "value": value, "seeds": len(results),
-                         "val_classes": results[0]["val"]["classes"],
-                         **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
-                         "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]})
-    stem = os.path.join(workdir, f"study_phase2_{budget}")
+    for settings in points:
+        results = []
+        for seed, (base_dir, base_config, base_results) in bases.items():
+            changed = [(k, v) for k, v in settings if not _is_default(k, v, base_config)]
+            if not changed:
+                results.append(base_results)
+                continue
+            directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_seed{seed}")
+            print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, seed {seed}: {directory}",
+                  flush=True)
+            # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
+            # that phase I on: only a workdir that trained phase I holds its checkpoints.
+            source = base_config.phase1_from or base_dir
+            results.append(train.run(variant_config(changed, seed, budget, overrides, source), directory))
+        row = {"settings": dict(settings), "seeds": len(results), "val_classes": results[0]["val"]["classes"],
+               **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
+               "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]}
+        if not grid:
+            row["key"], row["value"] = settings[0]
+        rows.append(row)
+    stem = os.path.join(workdir, f"study_phase2_{budget}" + ("_grid" if grid else ""))
+    keys = [key for key, _ in grid]
+    what = ("Every combination of the grid's values" if grid else "Each factor varies alone from the defaults")
     lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds} phase I(s)", "",
              f"Top-1 accuracy (%) on the validation split ({rows[0]['val_classes'] if rows else '-'} classes "
-             "with validation images); mean ± std over seeds. Each factor varies alone from the defaults; "
+             f"with validation images); mean ± std over seeds. {what}; "
              "every variant starts from its seed's phase I. Chosen on these only: each run's results.json "
              "also holds its test figures, not used here.", "",
-             "| factor | value | overall | many | medium | few |", "|---|---|---|---|---|---|"]
+             "| " + (" | ".join(keys) if grid else "factor | value") + " | overall | many | medium | few |",
+             "|" + "---|" * ((len(keys) if grid else 2) + 4)]
     for row in rows:
-        lines.append(f"| {row['key']} | {row['value']} | " + " | ".join(
+        names = [row["settings"][k] for k in keys] if grid else [row["key"], row["value"]]
+        lines.append("| " + " | ".join(names) + " | " + " | ".join(
             _mean_std(row[k]) for k in ("overall", "many", "medium", "few")) + " |")
     text = "\n".join(lines) + "\n"
     _write_atomically(stem + ".md", text)
     _write_atomically(stem + ".json", json.dumps({"study": "phase2", "budget": budget, "seeds": seeds,
-                                                  "rows": rows}))
+                                                  "grid": keys, "rows": rows}))
     return text
 
 
@@ -314,8 +358,11 @@ def main(argv, overrides=()):
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {train.METHODS}")
     # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
+    if FLAGS.grid and FLAGS.study == "none":
+        raise app.UsageError("--grid needs --study=phase2")
     if FLAGS.study != "none":
-        table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides))
+        table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides),
+                      parse_grid(FLAGS.grid))
     elif FLAGS.ablation != "none":
         values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
         imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100

@@ -109,3 +109,59 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
         assert chained["phase1_from"] == str(root / "base_seed0"), run
         assert chained["config"]["loss"]["retention_temperature"] == 0.1, run
         assert chained["phase1"] == variant["phase1"], run  # The very same phase-I model.
+    # A joint grid in the first study's root: (freeze, lr 0.1) is the one-factor run already there
+    # (reported, not retrained); (freeze, lr 0.01) is new and named by both settings.
+    grid = [a for a in command if a.startswith(("--workdir", "--config.data")) or a in helpers.TINY]
+    grid = [sys.executable, "-m", "asyncjax.reproduce", "--study=phase2", "--budget=smoke", "--seeds=1",
+            f"--workdir={root}", "--grid=phase2.batch_norm=freeze", "--grid=phase2.base_lr=0.1,0.01",
+            *[a for a in grid if not a.startswith("--workdir")]]
+    result = subprocess.run(grid, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("is complete") == 2  # The base and the one-factor variant.
+    both = json.loads((root / "phase2.batch_norm=freeze,phase2.base_lr=0.01_seed0" / "results.json").read_text())
+    assert (both["config"]["phase2"]["batch_norm"], both["config"]["phase2"]["base_lr"]) == ("freeze", 0.01)
+    figures = json.loads((root / "study_phase2_smoke_grid.json").read_text())
+    assert figures["grid"] == ["phase2.batch_norm", "phase2.base_lr"]
+    assert [r["settings"]["phase2.base_lr"] for r in figures["rows"]] == ["0.1", "0.01"]
+    assert figures["rows"][0]["overall"][0] == variant["val"]["overall"]
+    assert figures["rows"][1]["overall"][0] == both["val"]["overall"]
+    assert "| phase2.batch_norm | phase2.base_lr | overall |" in (root / "study_phase2_smoke_grid.md").read_text()
+    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
+                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert (root / "plots" / "study_phase2_smoke_grid.png").stat().st_size > 1000
+
+
+def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monkeypatch):
+    """A 2 x 2 grid over 2 seeds, the trainer replaced by a recorder: every combination runs once
+    per seed from that seed's phase I, a combination of defaults is the base run itself, and each
+    directory names only the settings that differ from the defaults."""
+    from asyncjax import reproduce, train
+
+    runs = {}
+
+    def fake_run(config, workdir):
+        runs[workdir] = config
+        score = float(len(runs))
+        return {"val": {"overall": score, "many": score, "medium": score, "few": score, "classes": 99},
+                "phase1": {"val_head": {"overall": 1.0}}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    grid = reproduce.parse_grid(["phase2.base_lr=0.1,0.03", "loss.retention_weight_base=1,4"])
+    text = reproduce.study(str(tmp_path), "medium", 2, [], [], grid)
+    names = sorted(p.rsplit("/", 1)[-1] for p in runs)
+    assert names == sorted([f"{n}_seed{s}" for s in (0, 1) for n in (
+        "base", "loss.retention_weight_base=4", "phase2.base_lr=0.03",
+        "phase2.base_lr=0.03,loss.retention_weight_base=4")])
+    both = runs[str(tmp_path / "phase2.base_lr=0.03,loss.retention_weight_base=4_seed1")]
+    assert (both.phase2.base_lr, both.loss.retention_weight_base, both.seed) == (0.03, 4.0, 1)
+    assert both.phase1_from == str(tmp_path / "base_seed1")
+    assert "| 0.1 | 1 | " in text and "| 0.03 | 4 | " in text and text.count("\n| 0.") == 4
+    for bad, words in (("phase2.base_lr", "KEY=V1"), ("model.width=1,2", "unknown study factor")):
+        try:
+            reproduce.parse_grid([bad])
+        except ValueError as error:
+            assert words in str(error)
+        else:
+            raise AssertionError(f"--grid={bad} was accepted")
