@@ -32,7 +32,8 @@ factor at a time, e.g. after a one-factor study:
     python -m asyncjax.reproduce --study=phase2 --budget=medium --seeds=2 --workdir=DIR ... \
         --grid=phase2.base_lr=0.1,0.03,0.01 --grid=loss.retention_weight_base=1,2,4
 
-writes DIR/study_phase2_<budget>_grid.md and .json. A variant's directory names only the settings
+writes DIR/study_phase2_<budget>_grid.md and .json. The table can then reuse the study's phase I
+for the async rows: --async_phase1_from=DIR/base_seed{seed} (seeds without one train their own). A variant's directory names only the settings
 that differ from the defaults, so one-factor and grid studies in one DIR share their runs.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
@@ -72,6 +73,9 @@ def define_flags():
     flags.DEFINE_enum("study", "none", ["none", "phase2"],
                       "phase2: phase-II variants, each from the same phase I (phase1_from), on validation.")
     flags.DEFINE_list("factors", list(STUDY), "With --study: the factors to vary (default: all).")
+    flags.DEFINE_string("async_phase1_from", "", "Table rows of the async method: ROOT/base_seed{seed}; a seed "
+                        "whose directory exists starts phase II from its phase I (e.g. a phase-II study's), the "
+                        "others train their own.")
     flags.DEFINE_multi_string("grid", [], "With --study: KEY=V1,V2,... (repeat the flag per key): the variants "
                               "are every combination of the keys' values (a joint grid), not one factor at a time.")
     flags.mark_flag_as_required("workdir")
@@ -173,13 +177,20 @@ def _write_atomically(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, row_dir: str, title: str):
-    """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note."""
+def _run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, row_dir: str, title: str,
+               async_phase1_from: str = ""):
+    """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note.
+    An async seed whose `async_phase1_from` directory ({seed} replaced) exists starts phase II from
+    that directory's phase I; the trainer refuses it unless it was trained with this row's phase-I
+    settings."""
     from asyncjax import train
 
     results = []
     for seed in range(seeds):
         config = row_config(method, imbalance, seed, budget, overrides)
+        source = async_phase1_from.replace("{seed}", str(seed))
+        if method == "async" and source and os.path.isdir(source):
+            config.phase1_from = os.path.abspath(source)
         directory = f"{row_dir}_seed{seed}"
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
         results.append(train.run(config, directory))
@@ -202,15 +213,25 @@ def earlier_rows(json_path: str) -> dict:
     return rows
 
 
-def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides) -> str:
+def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides,
+              async_phase1_from: str = "") -> str:
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"cifar100_lt_{budget}.md")
     rows, note = earlier_rows(path[:-len(".md")] + ".json"), ""
+    reused = []
     for imbalance in imbalances:
         for method in methods:
             rows[(method, imbalance)], row_note = _run_seeds(
-                method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method)
+                method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method,
+                async_phase1_from)
             note = row_note or note
-    return write_table(rows, budget, seeds, path, f"Measured on: {note}." if note else "")
+            reused += [f"{method} IF {imbalance} seed {seed} from {r['phase1_from']}"
+                       for seed, r in enumerate(rows[(method, imbalance)]) if r.get("phase1_from")]
+    note = f"Measured on: {note}." if note else ""
+    if reused:
+        note += (" Phase I not trained in this table (phase1_from; the wall time is phase II's only): "
+                 + "; ".join(reused) + ".")
+    return write_table(rows, budget, seeds, path, note.strip())
 
 
 def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: int, overrides) -> str:
@@ -370,7 +391,7 @@ def main(argv, overrides=()):
                        list(overrides))
     else:
         table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
-                          [int(i) for i in FLAGS.imbalance], list(overrides))
+                          [int(i) for i in FLAGS.imbalance], list(overrides), FLAGS.async_phase1_from)
     print(table)
 
 

@@ -165,3 +165,24 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
             assert words in str(error)
         else:
             raise AssertionError(f"--grid={bad} was accepted")
+
+
+def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monkeypatch):
+    """--async_phase1_from: an async seed whose directory exists takes phase I from it (and the
+    table says so, since its wall time is phase II's only); other seeds and methods train their own."""
+    from asyncjax import reproduce, train
+
+    runs = {}
+
+    def fake_run(config, workdir):
+        runs[workdir.rsplit("/", 1)[-1]] = config
+        return {"overall": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0, "wall_time_s": {"phase2": 60.0},
+                "phase1_from": config.phase1_from or None}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    (tmp_path / "study" / "base_seed0").mkdir(parents=True)
+    text = reproduce.reproduce(str(tmp_path / "table"), "medium", 2, ["plain", "async"], [100], [],
+                               str(tmp_path / "study" / "base_seed{seed}"))
+    assert runs["async_if100_seed0"].phase1_from == str(tmp_path / "study" / "base_seed0")
+    assert runs["async_if100_seed1"].phase1_from == "" and runs["plain_if100_seed0"].phase1_from == ""
+    assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 1 from" not in text
