@@ -109,21 +109,23 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
         assert chained["phase1_from"] == str(root / "base_seed0"), run
         assert chained["config"]["loss"]["retention_temperature"] == 0.1, run
         assert chained["phase1"] == variant["phase1"], run  # The very same phase-I model.
-    # A joint grid in the first study's root: (freeze, lr 0.1) is the one-factor run already there
-    # (reported, not retrained); (freeze, lr 0.01) is new and named by both settings.
+    # A joint grid in the first study's root: (freeze, the default lr) is the one-factor run already
+    # there (reported, not retrained); (freeze, lr 0.005) is new and named by both settings.
+    from asyncjax import reproduce
+    lr = f"{reproduce.row_config('async', 100, 0, 'smoke', []).phase2.base_lr:g}"
     grid = [a for a in command if a.startswith(("--workdir", "--config.data")) or a in helpers.TINY]
     grid = [sys.executable, "-m", "asyncjax.reproduce", "--study=phase2", "--budget=smoke", "--seeds=1",
-            f"--workdir={root}", "--grid=phase2.batch_norm=freeze", "--grid=phase2.base_lr=0.1,0.01",
+            f"--workdir={root}", "--grid=phase2.batch_norm=freeze", f"--grid=phase2.base_lr={lr},0.005",
             *[a for a in grid if not a.startswith("--workdir")]]
     result = subprocess.run(grid, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("is complete") == 2  # The base and the one-factor variant.
-    both = json.loads((root / "phase2.batch_norm=freeze,phase2.base_lr=0.01_seed0" / "results.json").read_text())
-    assert (both["config"]["phase2"]["batch_norm"], both["config"]["phase2"]["base_lr"]) == ("freeze", 0.01)
+    both = json.loads((root / "phase2.batch_norm=freeze,phase2.base_lr=0.005_seed0" / "results.json").read_text())
+    assert (both["config"]["phase2"]["batch_norm"], both["config"]["phase2"]["base_lr"]) == ("freeze", 0.005)
     figures = json.loads((root / "study_phase2_smoke_grid.json").read_text())
     assert figures["grid"] == ["phase2.batch_norm", "phase2.base_lr"]
-    assert [r["settings"]["phase2.base_lr"] for r in figures["rows"]] == ["0.1", "0.01"]
+    assert [r["settings"]["phase2.base_lr"] for r in figures["rows"]] == [lr, "0.005"]
     assert figures["rows"][0]["overall"][0] == variant["val"]["overall"]
     assert figures["rows"][1]["overall"][0] == both["val"]["overall"]
     assert "| phase2.batch_norm | phase2.base_lr | overall |" in (root / "study_phase2_smoke_grid.md").read_text()
@@ -148,16 +150,18 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
                 "phase1": {"val_head": {"overall": 1.0}}}
 
     monkeypatch.setattr(train, "run", fake_run)
-    grid = reproduce.parse_grid(["phase2.base_lr=0.1,0.03", "loss.retention_weight_base=1,4"])
+    defaults = reproduce.row_config("async", 100, 0, "medium", [])
+    lr, weight = f"{defaults.phase2.base_lr:g}", f"{defaults.loss.retention_weight_base:g}"
+    grid = reproduce.parse_grid([f"phase2.base_lr={lr},0.005", f"loss.retention_weight_base={weight},7"])
     text = reproduce.study(str(tmp_path), "medium", 2, [], [], grid)
     names = sorted(p.rsplit("/", 1)[-1] for p in runs)
     assert names == sorted([f"{n}_seed{s}" for s in (0, 1) for n in (
-        "base", "loss.retention_weight_base=4", "phase2.base_lr=0.03",
-        "phase2.base_lr=0.03,loss.retention_weight_base=4")])
-    both = runs[str(tmp_path / "phase2.base_lr=0.03,loss.retention_weight_base=4_seed1")]
-    assert (both.phase2.base_lr, both.loss.retention_weight_base, both.seed) == (0.03, 4.0, 1)
+        "base", "loss.retention_weight_base=7", "phase2.base_lr=0.005",
+        "phase2.base_lr=0.005,loss.retention_weight_base=7")])
+    both = runs[str(tmp_path / "phase2.base_lr=0.005,loss.retention_weight_base=7_seed1")]
+    assert (both.phase2.base_lr, both.loss.retention_weight_base, both.seed) == (0.005, 7.0, 1)
     assert both.phase1_from == str(tmp_path / "base_seed1")
-    assert "| 0.1 | 1 | " in text and "| 0.03 | 4 | " in text and text.count("\n| 0.") == 4
+    assert f"| {lr} | {weight} | " in text and "| 0.005 | 7 | " in text and text.count("\n| ") == 5  # Head + 4.
     for bad, words in (("phase2.base_lr", "KEY=V1"), ("model.width=1,2", "unknown study factor")):
         try:
             reproduce.parse_grid([bad])
