@@ -5,6 +5,9 @@
 #
 # --cpu-devices=N splits the CPU into N XLA host devices (the batch is sharded over them; about
 # 1.3x on a 2-core CPU). Everything after `--` goes to `python -m asyncjax.main`.
+# With N > 1 it also raises XLA:CPU's collective timeout from 40 s to 10 min: a run that shares the
+# CPU at low priority (nice 19) can wait that long for a core, and XLA aborts the whole process when
+# one device's thread is 40 s late to an all-reduce ("Termination timeout for all reduce").
 set -euo pipefail
 
 dry_run=0
@@ -27,7 +30,7 @@ fi
 cd "$(dirname "$0")/.."
 env_prefix=()
 if [[ "$cpu_devices" -gt 1 ]]; then
-  env_prefix=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices")
+  env_prefix=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$cpu_devices --xla_cpu_collective_call_terminate_timeout_seconds=600")
 fi
 command=("${env_prefix[@]}" "$python" -m asyncjax.main "$@")
 if [[ $dry_run -eq 1 ]]; then

@@ -26,6 +26,7 @@ def test_local_dry_run():
                  "--workdir=/tmp/w")
     assert result.returncode == 0, result.stderr
     assert "--xla_force_host_platform_device_count=4" in result.stdout
+    assert "--xla_cpu_collective_call_terminate_timeout_seconds=600" in result.stdout
     assert "-m asyncjax.main --config=configs/cifar100_lt.py --workdir=/tmp/w" in result.stdout
     assert run("launch/local.sh", "--dry-run").returncode == 2
 
