@@ -67,6 +67,17 @@ def phase_recipe(*, epochs: int, batch_size: int, base_lr: float, base_batch_siz
     return recipe
 
 
+# Phase II restarts at this share of phase I's learning rate, and L_dis's tau and lambda_base (in
+# common_config): chosen on CIFAR-100-LT's validation split (README "Choosing settings", RESULTS.md).
+PHASE2_LR_SHARE = 0.3
+
+
+def restart_phase2(config: ml_collections.ConfigDict) -> None:
+    """Phase II's recipe is phase I's with its learning rate times PHASE2_LR_SHARE (the chosen rule;
+    a smaller phase-II step keeps what phase I learned about the head)."""
+    config.phase2.base_lr = float(f"{config.phase1.base_lr * PHASE2_LR_SHARE:.6g}")
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict, backbone: str = "resnet10") -> None:
     """The `smoke=True` variant of a 224-px config: a small backbone and a few steps per phase."""
     config.model.backbone = backbone
@@ -124,8 +135,8 @@ def common_config() -> ml_collections.ConfigDict:
         max_chunk_bytes=256 << 20,      # Bound on the padded feature block per chunk.
     ))
     config.loss = ml_collections.ConfigDict(dict(
-        retention_weight_base=1.0,      # lambda_base; lambda = lambda_base * sqrt(C1 / C2).
-        retention_temperature=1.0,      # tau (choice).
+        retention_weight_base=2.0,      # lambda_base; lambda = lambda_base * sqrt(C1 / C2) (chosen on validation).
+        retention_temperature=0.01,     # tau (choice, chosen on validation: a_ji picks z_i's nearest new node).
         retention_normalize=True,       # (choice) L2-normalise features before the distance.
         retention_reduction="mean",     # (choice) "mean" over nodes, or "sum" (paper).
         intra_margin=0.5,               # m (choice; LUCIR).

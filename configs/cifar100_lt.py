@@ -10,7 +10,8 @@ keeps this file's recipe and says so in the log).
 Recipe: batch 64 on 1 device, lr 0.1 (scaled linearly with the global batch),
 200 epochs, 5-epoch linear warm-up, x0.01 at epoch 160 and again at 180 (the paper: "by 0.01";
 LDAM-DRW's code: lr x0.01 after 160, x0.0001 after 180); SGD momentum 0.9, weight decay 5e-4 on
-every weight but the cosine scale sigma. Phase II uses the same recipe over X2 + M.
+every weight but the cosine scale sigma. Phase II uses the same recipe over X2 + M at 0.3x the lr
+(0.03), with L_dis at tau 0.01 and lambda_base 2: chosen on the validation split (RESULTS.md).
 """
 from asyncjax import config_utils
 
@@ -33,6 +34,7 @@ def get_config(arg=None):
     config.method = arg.method
     if arg.method == "ldam_drw":
         config.phase1.update(config_utils.LDAM_DRW_CIFAR)
+    config_utils.restart_phase2(config)   # Phase II at 0.3x phase I's lr (chosen on validation).
     if arg.smoke:
         config.model.backbone = "resnet8"
         for phase in (config.phase1, config.phase2):

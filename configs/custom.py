@@ -39,6 +39,7 @@ def get_config(arg=None):
         config[name] = config_utils.phase_recipe(
             epochs=100, batch_size=64, base_lr=0.1, base_batch_size=64, schedule="step", warmup_epochs=5,
             decay_fractions=(0.8, 0.9), decay_factor=0.01)
+    config_utils.restart_phase2(config)   # Phase II at 0.3x phase I's lr (chosen on validation).
     if arg.smoke:
         for name in ("phase1", "phase2"):
             config[name].update(dict(epochs=2, batch_size=16, base_batch_size=16, warmup_epochs=1,

@@ -18,6 +18,7 @@ def get_config(arg=None):
         config[name] = config_utils.phase_recipe(
             epochs=90, batch_size=256, base_lr=0.05, base_batch_size=256, schedule="cosine")
     config.eval_every_epochs = 10
+    config_utils.restart_phase2(config)   # Phase II at 0.3x phase I's lr (chosen on validation).
     if arg.smoke:
         config_utils.shrink_for_smoke(config)
     return config

@@ -16,6 +16,7 @@ def get_config(arg=None):
     for name in ("phase1", "phase2"):
         config[name] = config_utils.phase_recipe(
             epochs=200, batch_size=512, base_lr=0.05, base_batch_size=512, schedule="cosine")
+    config_utils.restart_phase2(config)   # Phase II at 0.3x phase I's lr (chosen on validation).
     if arg.smoke:
         config_utils.shrink_for_smoke(config)
     return config
