@@ -217,7 +217,29 @@ def check_workdir(config, workdir: str, write: bool = True) -> str | None:
     if differing:
         return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
                "taken over by this run"
+    if differing is not None and holds_progress(workdir):
+        changed = _changed_settings(config, workdir)
+        if changed:  # Allowed (a path, a log interval), but a recipe change mid-run must be visible.
+            return (f"resuming {workdir} with {len(changed)} setting(s) other than its config.json "
+                    f"(which keeps the first run's): {'; '.join(changed)}")
     return None
+
+
+def _changed_settings(config, workdir: str) -> list[str]:
+    """Every leaf of the config that differs from workdir's config.json, as `key: saved -> now`."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
+    now = json.loads(config.to_json())
+
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], tree
+    before, after = dict(leaves(saved)), dict(leaves(now))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
 
 
 class _StopFlag:

@@ -347,9 +347,12 @@ def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):
     workdir = tmp_path / "wd"
     code, output = _run_until(workdir, tiny_cifar, "joint epoch 1/2 step 2/6", signal.SIGTERM, *extra)
     assert code == 3, output[-3000:]
-    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra)
+    # Resumed with a setting plain does not read changed: allowed, and said (config.json keeps the first's).
+    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra, "--config.loss.retention_temperature=0.5")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"joint: resuming from step [24]/6", resumed.stdout), resumed.stdout
+    assert "1 setting(s) other than its config.json" in resumed.stdout, resumed.stdout
+    assert "loss.retention_temperature: 0.01 -> 0.5" in resumed.stdout, resumed.stdout
     want = helpers.export(reference, tmp_path / "want.npz")
     got = helpers.export(workdir, tmp_path / "got.npz")
     assert sorted(want) == sorted(got)
