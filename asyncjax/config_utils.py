@@ -155,7 +155,7 @@ def common_config() -> ml_collections.ConfigDict:
     config.phase1_from = ""
     # Decoupling baselines (method=crt | tau_norm | ncm; Kang et al., 2020) after the joint phase.
     config.decoupling = ml_collections.ConfigDict(dict(
-        tau=1.0,                        # tau-norm's exponent (fixed: CIFAR has no validation split).
+        tau=1.0,                        # tau-norm's exponent (fixed at 1, not tuned on the validation split).
         ncm_metric="cosine",            # NCM's similarity: "cosine" or "euclidean".
     ))
     # cRT's classifier re-training: Kang et al.'s 10 epochs, lr 0.2 at batch 512, cosine,
