@@ -229,7 +229,7 @@ def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overri
                        for seed, r in enumerate(rows[(method, imbalance)]) if r.get("phase1_from")]
     note = f"Measured on: {note}." if note else ""
     if reused:
-        note += (" Phase I not trained in this table (phase1_from; the wall time is phase II's only): "
+        note += (" Phase I not trained in this table (phase1_from; the wall time counts the source's phase I): "
                  + "; ".join(reused) + ".")
     return write_table(rows, budget, seeds, path, note.strip())
 

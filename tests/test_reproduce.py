@@ -173,7 +173,7 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
 
 def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monkeypatch):
     """--async_phase1_from: an async seed whose directory exists takes phase I from it (and the
-    table says so, since its wall time is phase II's only); other seeds and methods train their own."""
+    table names it); other seeds and methods train their own."""
     from asyncjax import reproduce, train
 
     runs = {}
