@@ -192,54 +192,57 @@ def holds_progress(workdir: str) -> bool:
     return saved or any(os.path.exists(os.path.join(workdir, f)) for f in ("memory_bank.npz", "results.json"))
 
 
-def _saved_identity_differences(config, workdir: str) -> list[str] | None:
-    """IDENTITY_KEYS on which workdir's config.json differs from `config` (None: no config.json)."""
+def _saved_config(workdir: str) -> dict | None:
+    """workdir's config.json (None: there is none)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
+        return json.load(f)
+
+
+def _identity_differences(config, saved: dict) -> list[str]:
+    """IDENTITY_KEYS on which the saved config differs from `config`."""
+    saved = ml_collections.ConfigDict(saved)
     return [f"{k}: workdir has {_get(saved, k)!r}, this run {_get(config, k)!r}" for k in IDENTITY_KEYS
             if _get(saved, k) != _get(config, k)]
 
 
-def check_workdir(config, workdir: str, write: bool = True) -> str | None:
-    """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
-    configuration. A workdir with a config.json but nothing saved (a run stopped before its first
-    checkpoint) is taken over; returns a note saying so. `write=False` (dry runs) only checks."""
-    differing = _saved_identity_differences(config, workdir)
-    if differing and holds_progress(workdir):
-        raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
-                         f"({', '.join(differing)}); use another --workdir")
-    if write and jax.process_index() == 0 and (differing is None or not holds_progress(workdir)):
-        os.makedirs(workdir, exist_ok=True)
-        _atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-    if differing:
-        return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
-               "taken over by this run"
-    if differing is not None and holds_progress(workdir):
-        changed = _changed_settings(config, workdir)
-        if changed:  # Allowed (a path, a log interval), but a recipe change mid-run must be visible.
-            return (f"resuming {workdir} with {len(changed)} setting(s) other than its config.json "
-                    f"(which keeps the first run's): {'; '.join(changed)}")
-    return None
-
-
-def _changed_settings(config, workdir: str) -> list[str]:
-    """Every leaf of the config that differs from workdir's config.json, as `key: saved -> now`."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        saved = json.load(f)
-    now = json.loads(config.to_json())
-
+def _changed_settings(config, saved: dict) -> list[str]:
+    """Every leaf of the config that differs from the saved one, as `key: saved -> now`."""
     def leaves(tree, prefix=""):
         if isinstance(tree, dict):
             for key, value in tree.items():
                 yield from leaves(value, f"{prefix}{key}.")
         else:
             yield prefix[:-1], tree
-    before, after = dict(leaves(saved)), dict(leaves(now))
+    before, after = dict(leaves(saved)), dict(leaves(json.loads(config.to_json())))
     return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
             if before.get(key) != after.get(key)]
+
+
+def check_workdir(config, workdir: str, write: bool = True) -> str | None:
+    """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
+    configuration. A workdir with a config.json but nothing saved (a run stopped before its first
+    checkpoint) is taken over; returns a note saying so. A resume with other settings outside the
+    identity keys is allowed; returns a note naming them. `write=False` (dry runs) only checks."""
+    saved = _saved_config(workdir)
+    differing = None if saved is None else _identity_differences(config, saved)
+    progress = saved is not None and holds_progress(workdir)
+    if differing and progress:
+        raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
+                         f"({', '.join(differing)}); use another --workdir")
+    if write and jax.process_index() == 0 and not progress:
+        os.makedirs(workdir, exist_ok=True)
+        _atomic_write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    if differing:
+        return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
+               "taken over by this run"
+    changed = _changed_settings(config, saved) if progress else []
+    if changed:  # Allowed (a path, a log interval), but a recipe change mid-run must be visible.
+        return (f"resuming {workdir} with {len(changed)} setting(s) other than its config.json "
+                f"(which keeps the first run's): {'; '.join(changed)}")
+    return None
 
 
 class _StopFlag:
