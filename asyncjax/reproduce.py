@@ -189,12 +189,23 @@ def _run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, 
     for seed in range(seeds):
         config = row_config(method, imbalance, seed, budget, overrides)
         source = async_phase1_from.replace("{seed}", str(seed))
-        if method == "async" and source and os.path.isdir(source):
-            config.phase1_from = os.path.abspath(source)
         directory = f"{row_dir}_seed{seed}"
+        # A finished seed trained from `source` is reported even where `source` is gone since.
+        if method == "async" and source and (
+                os.path.isdir(source) or _trained_from(directory) == os.path.abspath(source)):
+            config.phase1_from = os.path.abspath(source)
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
         results.append(train.run(config, directory))
     return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
+
+
+def _trained_from(directory: str) -> str | None:
+    """The phase1_from of a finished run in `directory` (None when unfinished or trained here)."""
+    path = os.path.join(directory, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("phase1_from")
 
 
 def earlier_rows(json_path: str) -> dict:

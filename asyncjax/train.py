@@ -280,7 +280,9 @@ class Trainer:
         self.data = datasets.load(config, log=notes.append) if data is None else data
         if config.model.backbone == "auto":  # Custom data: by the images' size.
             config.model.backbone = "resnet32" if max(self.data.image_shape[:2]) <= 64 else "resnet50"
-        if workdir is not None:
+        # A finished run is only reported: the phase I it started from may be gone since.
+        finished = workdir is not None and os.path.exists(os.path.join(workdir, "results.json"))
+        if workdir is not None and not finished:
             check_phase1_from(config, workdir)
         counts = self.data.train_counts
         split_arg = config.split.num_head_classes or None
@@ -294,7 +296,7 @@ class Trainer:
         else:
             self.monitor = (self.data.test_images, self.test_labels, "test")
         self.counts = counts[self.split.rank_to_class]                    # n_j by rank.
-        if config.phase1_from:  # Before any disk work: the source must hold a finished phase I.
+        if config.phase1_from and not finished:  # Before any disk work: the source must hold a finished phase I.
             head_rows = np.flatnonzero(self.train_labels < self.split.num_head)
             total, latest = self.phase_total("phase1", head_rows), None
             if os.path.isdir(os.path.join(config.phase1_from, "checkpoints", "phase1")):

@@ -7,6 +7,7 @@ with the same parameters and results.json figures as an uninterrupted run.
 import json
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,8 +213,6 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     """The bank holds K rows of each head class, chosen by build_memory_bank on the phase-I model's
     eval-mode features of un-augmented images; phase II trains on exactly the tail rows plus the bank,
     with lambda = lambda_base * sqrt(C1 / C2) in its loss."""
-    import shutil
-
     import ml_collections
 
     from asyncjax import memory, train
@@ -334,6 +333,14 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     unfinished = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, f"--config.phase1_from={workdir}")
     assert unfinished.returncode == 2 and "no finished phase I" in unfinished.stderr
     assert not (tmp_path / "other").exists()
+    # A finished variant is reported even after its phase I's workdir is gone (a new machine).
+    finished, gone = tmp_path / "finished", tmp_path / "gone"
+    shutil.copytree(workdir, finished)
+    saved = json.loads((finished / "config.json").read_text())
+    (finished / "config.json").write_text(json.dumps({**saved, "phase1_from": str(gone)}))
+    reported = helpers.run_main(finished, tiny_cifar, *helpers.TINY, f"--config.phase1_from={gone}",
+                                "--config.loss.retention_temperature=0.1")
+    assert reported.returncode == 0 and "is complete" in reported.stdout, reported.stderr[-3000:]
 
 
 def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):

@@ -173,7 +173,8 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
 
 def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monkeypatch):
     """--async_phase1_from: an async seed whose directory exists takes phase I from it (and the
-    table names it); other seeds and methods train their own."""
+    table names it), and so does a finished seed trained from a directory that is gone since;
+    other seeds and methods train their own."""
     from asyncjax import reproduce, train
 
     runs = {}
@@ -185,8 +186,12 @@ def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monke
 
     monkeypatch.setattr(train, "run", fake_run)
     (tmp_path / "study" / "base_seed0").mkdir(parents=True)
-    text = reproduce.reproduce(str(tmp_path / "table"), "medium", 2, ["plain", "async"], [100], [],
+    (tmp_path / "table" / "async_if100_seed1").mkdir(parents=True)
+    (tmp_path / "table" / "async_if100_seed1" / "results.json").write_text(
+        json.dumps({"phase1_from": str(tmp_path / "study" / "base_seed1")}))
+    text = reproduce.reproduce(str(tmp_path / "table"), "medium", 3, ["plain", "async"], [100], [],
                                str(tmp_path / "study" / "base_seed{seed}"))
     assert runs["async_if100_seed0"].phase1_from == str(tmp_path / "study" / "base_seed0")
-    assert runs["async_if100_seed1"].phase1_from == "" and runs["plain_if100_seed0"].phase1_from == ""
-    assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 1 from" not in text
+    assert runs["async_if100_seed1"].phase1_from == str(tmp_path / "study" / "base_seed1")
+    assert runs["async_if100_seed2"].phase1_from == "" and runs["plain_if100_seed0"].phase1_from == ""
+    assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 2 from" not in text
