@@ -8,7 +8,8 @@ import pytest
 
 from tests import helpers
 
-SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run", "benchmarks/gpu_check.sh"]
+SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run", "benchmarks/gpu_check.sh",
+           "launch/carry.sh"]
 
 
 def run(*args):

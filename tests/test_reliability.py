@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -80,10 +81,29 @@ def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tin
     partial = workdir / "checkpoints" / "phase2" / "5.orbax-checkpoint-tmp-0"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+    archive = tmp_path / "carried.tar.gz"
+    saved = subprocess.run(["launch/carry.sh", "save", str(workdir), str(archive)], cwd=helpers.REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert saved.returncode == 0, saved.stderr
     resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"phase2: resuming from step [24]/6", resumed.stdout), resumed.stdout
     _assert_same_run(workdir, uninterrupted, tmp_path)
+    # launch/carry.sh: the archive holds the latest finished checkpoint of each phase alone, and
+    # the run resumed from it elsewhere ends as the uninterrupted run does.
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    kept = {tuple(name.split("/")[1:3]) for name in names if name.startswith("checkpoints/") and name.count("/") >= 2}
+    assert [phase for phase, _ in sorted(kept)] == ["phase1", "phase2"], kept  # One step each.
+    assert all(step.isdigit() for _, step in kept) and not any(n.startswith("tensorboard") for n in names), kept
+    carried = tmp_path / "elsewhere" / "wd"
+    restore = ["launch/carry.sh", "restore", str(archive), str(carried)]
+    assert subprocess.run(restore, cwd=helpers.REPO, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run(restore, cwd=helpers.REPO, capture_output=True, timeout=60).returncode == 2  # Exists.
+    again = helpers.run_main(carried, tiny_cifar, *helpers.TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"phase2: resuming from step [24]/6", again.stdout), again.stdout
+    _assert_same_run(carried, uninterrupted, tmp_path)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cifar):
