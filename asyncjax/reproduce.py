@@ -33,8 +33,10 @@ factor at a time, e.g. after a one-factor study:
         --grid=phase2.base_lr=0.1,0.03,0.01 --grid=loss.retention_weight_base=1,2,4
 
 writes DIR/study_phase2_<budget>_grid.md and .json. The table can then reuse the study's phase I
-for the async rows: --async_phase1_from=DIR/base_seed{seed} (seeds without one train their own). A variant's directory names only the settings
-that differ from the defaults, so one-factor and grid studies in one DIR share their runs.
+for the async rows: --async_phase1_from=DIR/base_seed{seed} (seeds without one train their own; a
+seed that finished from one is still reported after that directory is gone). A variant's directory
+names only the settings that differ from the defaults, so one-factor and grid studies in one DIR
+share their runs.
 
 Ablations (the paper's Fig. 2 and 3), async rows at one imbalance factor:
 
