@@ -31,6 +31,7 @@ case "${1:-}" in
       latest=$(find "$phase" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | grep -E '^[0-9]+$' | sort -n | tail -n 1 || true)
       if [[ -n "$latest" ]]; then members+=("checkpoints/$(basename "$phase")/$latest"); fi
     done
+    mkdir -p "$(dirname "$archive")"  # a first save into carry/ of a fresh clone
     tar -czf "$archive.tmp" -C "$workdir" "${members[@]}"
     mv "$archive.tmp" "$archive"
     echo "saved ${members[*]} of $workdir to $archive"

@@ -81,7 +81,7 @@ def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tin
     partial = workdir / "checkpoints" / "phase2" / "5.orbax-checkpoint-tmp-0"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\0" * 10)
-    archive = tmp_path / "carried.tar.gz"
+    archive = tmp_path / "carry" / "carried.tar.gz"  # A folder that does not exist yet: save makes it.
     saved = subprocess.run(["launch/carry.sh", "save", str(workdir), str(archive)], cwd=helpers.REPO,
                            capture_output=True, text=True, timeout=60)
     assert saved.returncode == 0, saved.stderr
