@@ -41,7 +41,7 @@ class PhaseCheckpoints:
 
     def restore(self, step: int, abstract_state=None):
         """(state, meta) of `step`. With `abstract_state` (ShapeDtypeStructs with
-        shardings) arrays are placed as it says; without, every array comes to this
+        shardings: sharding.abstract) arrays are placed as it says; without, every array comes to this
         process's first device, whatever topology wrote the checkpoint (for export)."""
         if abstract_state is None:
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -51,15 +51,9 @@ class PhaseCheckpoints:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
-    def restore_meta(self, step: int) -> dict:
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()
 
-
-def abstract_with_shardings(abstract_tree, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)

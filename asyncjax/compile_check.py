@@ -2,9 +2,11 @@
 
 Compiles, for a TPU topology that is not here, every program that `asyncjax.main` would run
 for the config, without running any: the phase-I (or joint) train step, the feature pass and
-the exemplar selection of the memory bank, the phase-II step with the frozen phase-I backbone,
-and the evaluation step. They are built by the trainer's own code (Trainer.phase_programs and
-friends) over a mesh of the topology's devices, so the check and a pod build the same programs.
+the exemplar selection of the memory bank, phase II's first state (phase I's parameters with
+W_c2 appended) and its train step with the frozen phase-I backbone, cRT / LWS's classifier
+re-training (its first state and step), and the evaluation step. The phases come from the
+method's runner (asyncjax/methods/: plan) over a mesh of the topology's devices, as the run builds
+them: the check and a pod compile the same programs.
 It needs libtpu (`pip install -e ".[tpu]"`), which compiles for any TPU topology on a CPU host
 (jax.experimental.topologies; MaxText's train_compile does the same).
 
@@ -78,7 +80,7 @@ def synthetic_counts(num_classes: int, num_head: int, largest: int, smallest: in
 def shape_only_data(config):
     """A LongTailData with the dataset's labels (class counts) and image shape and no images."""
     from asyncjax.data import cifar, longtail
-    from asyncjax.data.datasets import LongTailData
+    from asyncjax.data.longtail import LongTailData
     from asyncjax.data.pipeline import InMemoryImages
     if config.dataset == "cifar100_lt":
         counts = longtail.lt_counts(cifar.NUM_CLASSES, config.data.max_count, config.data.imbalance)
@@ -112,12 +114,6 @@ def topology_devices(name: str):
                          "(a shape this generation has? libtpu installed: pip install -e \".[tpu]\"?)") from e
 
 
-def abstract(tree, shardings):
-    """ShapeDtypeStructs with shardings: what a program is compiled for."""
-    import jax
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def head_bytes_per_chip(state_shardings, abstract_state) -> int:
     """Bytes of the classifier's parameters and optimiser moments that each chip holds."""
     import jax
@@ -132,16 +128,17 @@ def head_bytes_per_chip(state_shardings, abstract_state) -> int:
 
 def build_programs(config, devices, wanted=None):
     """{name: (jitted function, abstract arguments, static keyword arguments)} of the programs
-    asyncjax.main would run for `config` on `devices`, and facts for the report."""
+    asyncjax.main would run for `config` on `devices`, and facts for the report. The phases come
+    from the method's runner (methods/: plan), as the run and the dry run build them."""
     import jax
     import jax.numpy as jnp
 
-    from asyncjax import memory, sharding
-    from asyncjax.train import EVAL_BATCH, Trainer
+    from asyncjax import evaluate, memory, setup, sharding, train
+    from asyncjax.methods import joint
+    config = config.copy_and_resolve_references()
     config.phase1_from = ""  # Phase I is compiled here, never read from a workdir.
-    trainer = Trainer(config, None, dry_run=True, data=shape_only_data(config), devices=devices)
-    mesh, split = trainer.mesh, trainer.split
-    image = trainer.data.image_shape
+    ctx = setup.build(config, None, dry_run=True, data=shape_only_data(config), devices=devices)
+    mesh, split, image = ctx.mesh, ctx.split, ctx.data.image_shape
     batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
 
@@ -151,66 +148,51 @@ def build_programs(config, devices, wanted=None):
         batch.update({k: jax.ShapeDtypeStruct((size,), jnp.float32, sharding=batch_sh) for k in extra})
         return batch
 
-    def variables_of(programs):
-        state = abstract(programs.abstract_state, programs.state_shardings)
+    def variables_of(built):
+        state = sharding.abstract(built.abstract_state, built.state_shardings)
         return {"params": state.params, "batch_stats": state.batch_stats}
 
-    def inference(programs, rows):
-        variables = variables_of(programs)
-        fn = trainer.predict_program(programs.model, jax.tree.map(lambda x: x.sharding, variables))
-        size = trainer.eval_batch(rows)
+    def inference(built, rows):
+        variables = variables_of(built)
+        fn = evaluate.jit_predict(built.model, ctx.eval_preprocess, joint.logit_offset(ctx),
+                                  jax.tree.map(lambda x: x.sharding, variables), mesh)
+        size = evaluate.eval_batch(rows, mesh)
         return fn, (variables, jax.ShapeDtypeStruct((size, *image), jnp.uint8, sharding=batch_sh)), {}
 
     out, facts = {}, {"mesh": dict(mesh.shape), "hosts": sharding.process_count(mesh),
                       "num_classes": split.num_classes, "num_head": split.num_head,
-                      "conv_weight_grad": trainer.conv_weight_grad}
-    name, outputs, rows, make_step = trainer.first_phase()
-    first = trainer.phase_programs(name, outputs, rows, trainer.initial_state, make_step)
-    facts["head_state_bytes_per_chip"] = {name: head_bytes_per_chip(first.state_shardings, first.abstract_state)}
-    state1 = abstract(first.abstract_state, first.state_shardings)
-    out[f"{name}_step"] = (first.train_step, (state1, train_batch(first.recipe.batch_size), rng), {})
-    notes = []
-    if first.multi_step is not None:
-        notes.append("steps_per_dispatch > 1: the device-resident scan is not compiled here")
-    if config.method in ("crt", "lws"):
-        notes.append(f"method={config.method}: its classifier re-training step is not compiled here")
-    if notes:
-        facts["note"] = "; ".join(notes)
-    if config.method == "async":
-        c1 = split.num_head
-        out["feature_pass"] = inference(first, len(rows))  # Phase I's images, X1.
-        # The exemplar selection's first (largest) chunk, on one chip, as build_memory_bank runs it.
-        feature_dim = jax.eval_shape(lambda v, x: first.model.apply(v, x, train=False),
-                                     variables_of(first), jax.ShapeDtypeStruct((1, *image), jnp.float32)
-                                     )["features"].shape[-1]
-        chunk, length, group = memory.chunk_shape(int(trainer.counts.max()), c1, feature_dim,
-                                                  config.memory.max_chunk_bytes)
-        one_chip = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
-        out["exemplar_selection"] = (memory.select_chunk, (
-            jax.ShapeDtypeStruct((chunk, length, feature_dim), jnp.float32, sharding=one_chip),
-            jax.ShapeDtypeStruct((chunk, length), jnp.bool_, sharding=one_chip)),
-            {"num": config.memory.per_class, "group": group})
-        bank_rows = np.arange(c1 * config.memory.per_class)  # K per head class (only the count matters).
-        rows2 = np.concatenate([np.flatnonzero(trainer.train_labels >= c1), bank_rows])
-        frozen_shardings = trainer.frozen_backbone_shardings(first.abstract_state)
-        second = trainer.phase_programs("phase2", split.num_classes, rows2, trainer.initial_state,
-                                        trainer.phase2_step_factory(), extra_shardings=(frozen_shardings,),
-                                        batch_extras=trainer.is_memory)
-        facts["head_state_bytes_per_chip"]["phase2"] = head_bytes_per_chip(second.state_shardings,
-                                                                            second.abstract_state)
-        frozen = abstract(trainer.frozen_backbone(first.abstract_state), frozen_shardings)
-        out["phase2_step"] = (second.train_step, (abstract(second.abstract_state, second.state_shardings), frozen,
-                                                  train_batch(second.recipe.batch_size, ("is_memory",)), rng), {})
-        final = second
-    else:
-        final = first
-    out["evaluation"] = inference(final, EVAL_BATCH)  # The test split holds more rows than a batch.
+                      "conv_weight_grad": ctx.conv_weight_grad, "head_state_bytes_per_chip": {}}
+    planned = train.runner_of(config.method).plan(ctx)
+    for index, (spec, built) in enumerate(planned):
+        facts["head_state_bytes_per_chip"][spec.name] = head_bytes_per_chip(built.state_shardings,
+                                                                             built.abstract_state)
+        if index > 0:  # Made from the previous phase's state (phase II, the classifier): its own program.
+            out[f"{spec.name}_init"] = (built.init, spec.init_inputs, {})
+        state = sharding.abstract(built.abstract_state, built.state_shardings)
+        extras = tuple(spec.batch_extras(np.zeros(1, np.int32))) if spec.batch_extras else ()
+        out[f"{spec.name}_step"] = (built.train_step, (state, *spec.extra_inputs,
+                                                       train_batch(built.recipe.batch_size, extras), rng), {})
+        if built.multi_step is not None:
+            facts["note"] = "steps_per_dispatch > 1: the device-resident scan is not compiled here"
+        if spec.name == "phase1":  # The memory bank: phase I's features of X1, then the selection.
+            out["feature_pass"] = inference(built, len(spec.rows))
+            # The exemplar selection's first (largest) chunk, on one chip, as build_memory_bank runs it.
+            feature_dim = jax.eval_shape(lambda v, x: built.model.apply(v, x, train=False), variables_of(built),
+                                         jax.ShapeDtypeStruct((1, *image), jnp.float32))["features"].shape[-1]
+            chunk, length, group = memory.chunk_shape(int(ctx.counts.max()), split.num_head, feature_dim,
+                                                      config.memory.max_chunk_bytes)
+            one_chip = jax.sharding.SingleDeviceSharding(mesh.devices.flat[0])
+            out["exemplar_selection"] = (memory.select_chunk, (
+                jax.ShapeDtypeStruct((chunk, length, feature_dim), jnp.float32, sharding=one_chip),
+                jax.ShapeDtypeStruct((chunk, length), jnp.bool_, sharding=one_chip)),
+                {"num": config.memory.per_class, "group": group})
+    out["evaluation"] = inference(planned[-1][1], evaluate.EVAL_BATCH)  # The test split holds more rows.
     if wanted:
         unknown = [w for w in wanted if w not in out]
         if unknown:
             raise ValueError(f"--programs: unknown {unknown}; this method runs {list(out)}")
         out = {k: v for k, v in out.items() if k in wanted}
-    return trainer, out, facts
+    return ctx, out, facts
 
 
 def compile_one(fn, args, static, mesh):
@@ -244,7 +226,7 @@ def check(config, topology: str, peak_share: float = 0.4, wanted=None, log=print
         raise ValueError(f"--peak_share must be in (0, 1], got {peak_share}")
     generation, devices = topology_devices(topology)
     chip = CHIPS[generation]  # The trainer refuses a mesh.model or a batch the topology does not divide.
-    trainer, programs, facts = build_programs(config, devices, wanted)
+    ctx, programs, facts = build_programs(config, devices, wanted)
     log(f"{topology}: {len(devices)} chips on {facts['hosts']} host(s), mesh {facts['mesh']}, "
         f"{config.dataset} {config.model.backbone} {config.model.dtype}, {facts['num_classes']} classes "
         f"({facts['num_head']} head); compiling on {hardware.cpu_model()}")
@@ -260,10 +242,10 @@ def check(config, topology: str, peak_share: float = 0.4, wanted=None, log=print
         report["note"] = facts["note"]
     for name, (fn, args, static) in programs.items():
         log(f"compiling {name} ...")
-        figures = compile_one(fn, args, static, None if name == "exemplar_selection" else trainer.mesh)
+        figures = compile_one(fn, args, static, None if name == "exemplar_selection" else ctx.mesh)
         figures["fits"] = figures["peak_bytes"] <= report["hbm_bytes"]
         figures["projected_step_s"] = figures["flops_per_chip"] / (peak_share * report["peak_bf16_flops"])
-        batch = args[-2]["images"].shape[0] if name.endswith("_step") else None
+        batch = args[-2]["images"].shape[0] if name.endswith("_step") else None  # Inits and passes: none.
         if batch:
             figures["global_batch"] = batch
             figures["projected_images_per_s"] = batch / max(figures["projected_step_s"], 1e-12)

@@ -94,7 +94,8 @@ def common_config() -> ml_collections.ConfigDict:
     config.dataset = ""
     config.method = "async"             # "async" (dual-phase), or a joint baseline: "plain",
                                         # "ldam_drw", "balanced_softmax", "logit_adjustment",
-                                        # or a decoupling baseline: "crt", "tau_norm", "ncm".
+                                        # or a decoupling baseline: "crt", "lws", "tau_norm", "ncm"
+                                        # (asyncjax/methods/ lists each one's phases).
     config.seed = 0
     config.init_from = ""               # Backbone weights (.npz, export format; asyncjax.convert).
 
@@ -165,9 +166,6 @@ def common_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(
         model=1,                        # Devices on the `model` axis (shards the classifier's classes).
     ))
-    # The device count the recipe's batch size was written for. Informational: any device
-    # count runs the same global batch; change phaseN.batch_size and the lr follows.
-    config.recipe_devices = 1
     config.diagnostics = ml_collections.ConfigDict(dict(
         # method=plain only: log s(grad1, grad), s(grad2, grad) and the norms of the head-class
         # ('grad1'), tail-class ('grad2') and overall gradients (paper Fig. 1); one extra

@@ -12,11 +12,12 @@ refuses anything but tensors.
 """
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 from absl import flags
+
+from asyncjax import files
 
 
 def define_flags():
@@ -74,9 +75,7 @@ def main(argv):
     del argv
     output = flags.FLAGS.output
     flat = torchvision_to_flat(load_torch_state_dict(flags.FLAGS.input))
-    tmp = output + ".tmp.npz"  # np.savez appends .npz to a name without it.
-    np.savez(tmp, **flat)
-    os.replace(tmp, output)
+    files.save_npz(output, **flat)
     print(f"wrote {len(flat)} arrays to {output}")
 
 

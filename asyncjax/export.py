@@ -16,19 +16,19 @@ import os
 import numpy as np
 from absl import app, flags
 
+from asyncjax import files
 from asyncjax.archive import flatten
+from asyncjax.methods import FINAL_FIRST
 
 
 def define_flags():
     """Defined only when run as a program: asyncjax.predict imports latest_model from here."""
     flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
     flags.DEFINE_string("output", None, "Path of the .npz archive to write.")
-    flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
+    flags.DEFINE_enum("phase", None, list(reversed(FINAL_FIRST)),
                       "Phase to export; default: the last phase that has a checkpoint.")
     flags.mark_flags_as_required(["workdir", "output"])
 
-
-PHASES = ("phase2", "classifier", "joint", "phase1")  # Most final first.
 
 
 def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
@@ -38,7 +38,7 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
     from asyncjax import checkpointing
 
     root = os.path.join(workdir, "checkpoints")
-    candidates = [phase] if phase else [p for p in PHASES if os.path.isdir(os.path.join(root, p))]
+    candidates = [phase] if phase else [p for p in FINAL_FIRST if os.path.isdir(os.path.join(root, p))]
     for name in candidates:
         directory = os.path.join(root, name)
         if not os.path.isdir(directory):
@@ -69,9 +69,7 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
 
 def export(workdir: str, output: str, phase: str | None = None) -> dict[str, np.ndarray]:
     name, arrays = latest_model(workdir, phase)
-    tmp = output + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, output)
+    files.save_npz(output, **arrays)
     print(f"exported {name} step {int(arrays['step'])} ({len(arrays)} arrays, {len(arrays['class_ids'])} classes) "
           f"to {output}")
     return arrays

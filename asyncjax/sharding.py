@@ -13,10 +13,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 def make_mesh(model_axis_size: int = 1, devices=None) -> jax.sharding.Mesh:
     """The (data, model) mesh over `devices`: this job's (default), or those of a TPU topology
-    that is not here (asyncjax.compile_check compiles for it without running)."""
+    that is not here (asyncjax.compile_check compiles for it without running). checks.check_devices
+    has refused a model axis that does not divide them."""
     count = jax.device_count() if devices is None else len(devices)
-    if model_axis_size < 1 or count % model_axis_size:
-        raise ValueError(f"mesh.model={model_axis_size} does not divide the {count} devices")
     return jax.make_mesh((count // model_axis_size, model_axis_size), ("data", "model"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
@@ -65,6 +64,11 @@ def state_shardings(abstract_tree, mesh):
     """NamedShardings for a pytree of parameters / train state (see module docstring)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: NamedSharding(mesh, _leaf_spec(path, leaf, mesh)), abstract_tree)
+
+
+def abstract(tree, shardings):
+    """ShapeDtypeStructs with shardings: what a program is compiled for, or a checkpoint restored to."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def global_batch(local_batch: dict, mesh, batch_size: int) -> dict:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asyncjax import hardware, sharding
+from asyncjax import files, hardware, sharding
 from asyncjax.models import make_backbone
 from asyncjax.models.conv import CONV_WEIGHT_GRADS, conv_for
 
@@ -129,9 +129,6 @@ def _read(path: str | None) -> dict:
 def _write(path: str, verdicts: dict) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as f:
-            json.dump(verdicts, f, indent=1, sort_keys=True)
-        os.replace(temporary, path)  # Atomic: concurrent runs never read half a file.
+        files.write_json(path, verdicts)  # Atomic: concurrent runs never read half a file.
     except OSError:
         pass  # A read-only home costs a trial per run, nothing else.

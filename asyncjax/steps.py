@@ -1,8 +1,9 @@
-"""Pure functional train and inference steps: (state, batch, rng) -> (state, metrics).
+"""Pure functional train and inference steps.
 
-train.py jits them once with their shardings. A batch is a dict of arrays
-sharded on the mesh's `data` axis: `images` (uint8, augmented on the device),
-`labels` (output rows, i.e. class ranks) and, in phase II, `is_memory`.
+A train step is (state, *extra, batch, rng) -> (state, metrics): phase II's `extra` is the frozen
+phase-I backbone's variables, the other steps have none. programs.py jits each step once with
+its shardings. A batch is a dict of arrays sharded on the mesh's `data` axis: `images` (uint8,
+augmented on the device), `labels` (output rows, i.e. class ranks) and, in phase II, `is_memory`.
 """
 from __future__ import annotations
 
@@ -25,10 +26,16 @@ class TrainState:
     opt_state: Any
 
 
+def new_train_state(params, batch_stats, tx) -> TrainState:
+    """A phase's first state: step 0 and a fresh optimiser state over `params`."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params))
+
+
 def init_train_state(model, tx, rng, image_shape) -> TrainState:
+    """A randomly initialised model's first state."""
     variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+    return new_train_state(variables["params"], variables["batch_stats"], tx)
 
 
 def _apply_gradients(state, tx, grads, batch_stats):
@@ -224,7 +231,7 @@ def scanned_steps(step, batch_extras, batch_sharding, unroll: bool = False):
         def body(state, batch_positions):
             batch = {"images": images[batch_positions], "labels": labels[batch_positions]}
             if batch_extras is not None:
-                batch.update(batch_extras(None, batch["labels"]))
+                batch.update(batch_extras(batch["labels"]))
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return step(state, *extra, batch, rng)
 

@@ -49,7 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from asyncjax import augment, config_utils, hardware, optim, sharding, steps  # noqa: E402
+from asyncjax import augment, config_utils, hardware, optim, programs, sharding, steps  # noqa: E402
 from asyncjax.models import make_backbone, make_model  # noqa: E402
 from asyncjax.models.conv import conv_for  # noqa: E402
 
@@ -94,7 +94,7 @@ def jax_step(variant: str = ""):
         init = lambda: steps.init_train_state(model, tx, jax.random.key(0), (SIZE, SIZE, 3))
         shardings = sharding.state_shardings(jax.eval_shape(init), mesh)
         state = jax.jit(init, out_shardings=shardings)()
-        batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        replicated = sharding.replicated(mesh)
         if phase == 1:
             step = steps.make_classification_step(model, tx, schedule, preprocess)
             extra, extra_shardings = (), ()
@@ -110,10 +110,9 @@ def jax_step(variant: str = ""):
         key = jax.random.key(1)
         holder = {"state": state}
         if variant in ("scan", "unrolled"):
-            return resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, replicated, key,
+            return resident_runner(step, state, shardings, extra, extra_shardings, mesh, replicated, key,
                                    unroll=variant == "unrolled")
-        fn = jax.jit(step, in_shardings=(shardings, *extra_shardings, batch_sh, replicated),
-                     out_shardings=(shardings, replicated), donate_argnums=0)
+        fn = programs.jit_train_step(step, shardings, extra_shardings, mesh)  # As the trainer jits it.
         # XLA's own count of the step's floating-point operations (forward, backward, update).
         cost = fn.lower(state, *extra, sharding.global_batch(local, mesh, args.batch), key).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -131,7 +130,7 @@ def jax_step(variant: str = ""):
         return run
 
 
-def resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, replicated, key, unroll):
+def resident_runner(step, state, shardings, extra, extra_shardings, mesh, replicated, key, unroll):
     """The trainer's device-resident path (steps.scanned_steps): --dispatch steps per call,
     each gathering its batch from uint8 images held on the devices; run(n) takes n steps."""
     if args.steps % args.dispatch:
@@ -141,10 +140,8 @@ def resident_runner(step, state, shardings, extra, extra_shardings, batch_sh, re
     images = jax.device_put(rng.integers(0, 256, (pool, SIZE, SIZE, 3)).astype(np.uint8), replicated)
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, pool).astype(np.int32), replicated)
     positions = jax.device_put(rng.integers(0, pool, (args.dispatch, args.batch)).astype(np.int32), replicated)
-    extras = None if args.phase == 1 else (lambda rows, y: {"is_memory": (y < NUM_OLD).astype(jnp.float32)})
-    fn = jax.jit(steps.scanned_steps(step, extras, batch_sh, unroll=unroll),
-                 in_shardings=(shardings, *extra_shardings, replicated, replicated, replicated, replicated),
-                 out_shardings=(shardings, replicated), donate_argnums=0)
+    extras = None if args.phase == 1 else (lambda y: {"is_memory": (y < NUM_OLD).astype(jnp.float32)})
+    fn = programs.jit_scanned_steps(step, extras, shardings, extra_shardings, mesh, unroll=unroll)
     holder = {"state": state}
 
     def run(n):

@@ -12,7 +12,6 @@ def get_config(arg=None):
     arg = config_utils.parse_arg(arg, backbone="resnet50", smoke=False)
     config = config_utils.common_config()
     config.dataset = "imagenet_lt"
-    config.recipe_devices = 8
     config.model.backbone = arg.backbone
     for name in ("phase1", "phase2"):
         config[name] = config_utils.phase_recipe(

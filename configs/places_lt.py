@@ -14,7 +14,6 @@ def get_config(arg=None):
     arg = config_utils.parse_arg(arg, smoke=False)
     config = config_utils.common_config()
     config.dataset = "places_lt"
-    config.recipe_devices = 8
     config.model.backbone = "resnet152"
     for name in ("phase1", "phase2"):
         config[name] = config_utils.phase_recipe(

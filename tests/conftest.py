@@ -32,3 +32,10 @@ def cifar100_dir() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> str:
+    """CIFAR-100 in the binary layout, 20 training and 2 test images per class, colour by class."""
+    from tests import helpers
+    return helpers.write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))

@@ -19,6 +19,14 @@ TINY = ["--config.model.backbone=resnet8", "--config.data.max_count=20", "--conf
         "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2"]
 
 
+def tiny_config(tiny_cifar, *overrides):
+    """The smoke config shrunk by TINY over a tiny CIFAR directory, as a ConfigDict (in-process runs)."""
+    from asyncjax import config_utils
+    config = config_utils.load_config_file(str(REPO / "configs/cifar100_lt.py") + ":smoke=True")
+    config_utils.apply_overrides(config, [f"--config.data.cifar100_dir={tiny_cifar}", *TINY, *overrides])
+    return config
+
+
 def write_tiny_cifar(directory, train_per_class=20, test_per_class=2, seed=0):
     """CIFAR-100 in the official binary layout with random images whose colour depends on the class."""
     os.makedirs(directory, exist_ok=True)

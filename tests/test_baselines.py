@@ -93,12 +93,12 @@ def test_each_method_gets_its_own_papers_head_unless_overridden():
 
 
 def test_ldam_drw_preset_runs_its_authors_recipe():
-    from asyncjax import config_utils, reproduce
+    from asyncjax import config_utils, experiments
     from tests import helpers
     preset = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":method=ldam_drw")
     assert preset.method == "ldam_drw"
     assert (preset.phase1.batch_size, preset.phase1.weight_decay, preset.phase1.base_lr) == (128, 2e-4, 0.1)
     assert preset.phase1.decay_factor == 0.01 and preset.phase1.warmup_epochs == 5
-    row = reproduce.row_config("ldam_drw", 100, 0, "full", [])
+    row = experiments.row_config("ldam_drw", 100, 0, "full", [])
     assert (row.phase1.batch_size, row.phase1.weight_decay) == (128, 2e-4) and row.phase1.epochs == 200
-    assert reproduce.row_config("async", 100, 0, "full", []).phase1.weight_decay == 5e-4
+    assert experiments.row_config("async", 100, 0, "full", []).phase1.weight_decay == 5e-4

@@ -43,7 +43,8 @@ def test_smoke_config_compiles_every_program_for_a_v5e_2x2(libtpu):
     # A TPU program takes XLA's own convolution form, whatever the CPU it was compiled on prefers.
     assert report["conv_weight_grad"] == "xla"
     programs = report["programs"]
-    assert list(programs) == ["phase1_step", "feature_pass", "exemplar_selection", "phase2_step", "evaluation"]
+    assert list(programs) == ["phase1_step", "feature_pass", "exemplar_selection", "phase2_init", "phase2_step",
+                              "evaluation"]
     for name, p in programs.items():
         assert p["compile_s"] > 0 and p["argument_bytes"] > 0 and p["code_bytes"] > 0, name
         assert p["flops_per_chip"] > 0, name
@@ -116,3 +117,27 @@ def test_programs_selects_a_subset_and_names_the_unknown(libtpu):
     plain.method = "plain"  # One joint phase: no memory bank, no phase II.
     _, programs, _ = compile_check.build_programs(plain, devices)
     assert list(programs) == ["joint_step", "evaluation"]
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("crt", ["joint_step", "classifier_init", "classifier_step", "evaluation"]),
+    ("lws", ["joint_step", "classifier_init", "classifier_step", "evaluation"]),
+    ("tau_norm", ["joint_step", "evaluation"]),
+])
+def test_every_method_builds_the_programs_of_its_phases(libtpu, method, expected):
+    """The programs come from the method's own phases (asyncjax/methods): cRT / LWS re-train the
+    classifier from the joint phase's state, and that state is a program input, not a constant."""
+    import jax
+
+    from asyncjax import compile_check, config_utils, methods
+    _, devices = compile_check.topology_devices("v5e:2x2")
+    config = config_utils.load_config_file(str(REPO / "configs" / "cifar100_lt.py") + f":smoke=True,method={method}")
+    _, programs, facts = compile_check.build_programs(config, devices)
+    assert list(programs) == expected
+    assert list(facts["head_state_bytes_per_chip"]) == list(methods.phases_of(method))
+    if "classifier_init" in programs:
+        fn, args, _ = programs["classifier_init"]
+        assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(args))
+        state = jax.eval_shape(fn, *args)
+        # LWS adds per-class scales to the joint classifier; cRT's classifier is a fresh one.
+        assert ("class_scale" in state.params["head"]) is (method == "lws")

@@ -242,14 +242,14 @@ def test_without_a_test_split_the_final_figures_are_on_validation(tmp_path):
 def test_palette_rgba_and_mixed_sizes_become_one_rgb_size(tmp_path):
     from PIL import Image
 
-    from asyncjax.data import custom
+    from asyncjax.data import image_files
     paths = []
     for i, (mode, size) in enumerate([("RGBA", (20, 24)), ("P", (20, 24)), ("L", (20, 24)), ("RGB", (30, 30))]):
         image = Image.new("RGB", size, (10 * i, 200, 30)).convert(mode)
         paths.append(str(tmp_path / f"{i}.png"))
         image.save(paths[-1])
     lines = []
-    images, size = custom.decode_all(paths, None, log=lines.append)
+    images, size = image_files.decode_all(paths, None, log=lines.append)
     assert images.shape == (4, 24, 20, 3) and images.dtype == np.uint8 and size == (20, 24)
     assert lines == ["data: 1 of 4 images resized to the most common size 20x24"]
     np.testing.assert_array_equal(images[0, 0, 0], [0, 200, 30])  # RGBA -> RGB keeps the colour.

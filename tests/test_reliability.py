@@ -23,11 +23,6 @@ PACKAGE = pathlib.Path(helpers.REPO) / "asyncjax"
 
 
 @pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    return helpers.write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_cifar):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
@@ -235,24 +230,24 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     with lambda = lambda_base * sqrt(C1 / C2) in its loss."""
     import ml_collections
 
-    from asyncjax import memory, train
+    from asyncjax import memory, setup
 
     workdir = tmp_path / "copy"
-    shutil.copytree(uninterrupted, workdir)  # The trainer below opens logs; the fixture stays as it is.
+    shutil.copytree(uninterrupted, workdir)  # The set-up below opens logs; the fixture stays as it is.
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    trainer = train.Trainer(config, str(workdir))
-    c1, c, k = trainer.split.num_head, trainer.split.num_classes, config.memory.per_class
+    ctx = setup.build(config, str(workdir))
+    c1, c, k = ctx.split.num_head, ctx.split.num_classes, config.memory.per_class
     with np.load(workdir / "memory_bank.npz", allow_pickle=False) as saved:
         bank = saved["bank"]
     assert bank.shape == (c1, k)
-    labels = trainer.train_labels
+    labels = ctx.train_labels
     for row, exemplars in enumerate(bank):
         valid = exemplars[exemplars >= 0]
         assert len(valid) == min(k, int(np.sum(labels == row))) and len(set(valid)) == len(valid)
         assert np.all(labels[valid] == row), row
     # The same bank from the exported phase-I model, in inference mode, on the images as stored.
     head_rows = np.flatnonzero(labels < c1)
-    features = _phase1_features(workdir, tmp_path, trainer, head_rows)
+    features = _phase1_features(workdir, tmp_path, ctx, head_rows)
     local = memory.build_memory_bank(np.asarray(features), labels[head_rows], np.arange(c1), k)
     expected = np.where(local >= 0, head_rows[np.maximum(local, 0)], -1)
     same = [set(a) == set(b) for a, b in zip(bank, expected)]
@@ -275,55 +270,6 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     output = (workdir / "log.txt").read_text()
     assert f"phase II data: {tail} tail + bank" in output
     assert f"phase2: {tail + results['memory_bank_size']} training images" in output
-
-
-def _tiny_config(tiny_cifar, *overrides):
-    from asyncjax import config_utils
-    config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
-    config_utils.apply_overrides(config, [f"--config.data.cifar100_dir={tiny_cifar}", *helpers.TINY, *overrides])
-    return config
-
-
-@pytest.mark.parametrize("overrides,named", [
-    (["--config.model.backbone=resnet33"], "model.backbone"),
-    (["--config.phase2.schedule=cos"], "phase2.schedule"),
-    (["--config.loss.retention_reduction=avg"], "loss.retention_reduction"),
-    (["--config.phase1.sampler=balanced"], "phase1.sampler"),
-    (["--config.phase2.warmup_epochs=3"], "phase2.warmup_epochs"),
-    (["--config.method=crt", "--config.classifier.sampler=cb"], "classifier.sampler"),
-    (["--config.model.head=cosinus"], "model.head"),
-])
-def test_a_typo_in_any_phase_fails_before_anything_is_written(tmp_path, tiny_cifar, overrides, named):
-    from asyncjax import train
-    with pytest.raises(ValueError, match=re.escape(named)):
-        train.Trainer(_tiny_config(tiny_cifar, *overrides), str(tmp_path / "wd"))
-    assert not (tmp_path / "wd").exists()
-
-
-def test_init_from_that_does_not_fit_is_refused_before_the_disk(tmp_path, tiny_cifar):
-    import jax
-    import jax.numpy as jnp
-
-    from asyncjax import train
-    from asyncjax.archive import flatten
-    from asyncjax.models import make_backbone
-    wrong = make_backbone("resnet32").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    np.savez(tmp_path / "r32.npz", **flatten({"params": {"backbone": wrong["params"]},
-                                              "batch_stats": {"backbone": wrong["batch_stats"]}}))
-    with pytest.raises(ValueError, match="does not fit this backbone"):
-        train.Trainer(_tiny_config(tiny_cifar, f"--config.init_from={tmp_path / 'r32.npz'}"), str(tmp_path / "wd"))
-    assert not (tmp_path / "wd").exists()
-
-
-def test_a_workdir_with_a_config_but_nothing_saved_is_taken_over(tmp_path, tiny_cifar, capsys):
-    from asyncjax import train
-    workdir = tmp_path / "wd"
-    workdir.mkdir()
-    stale = json.loads(_tiny_config(tiny_cifar, "--config.memory.per_class=7").to_json())
-    (workdir / "config.json").write_text(json.dumps(stale))
-    train.Trainer(_tiny_config(tiny_cifar), str(workdir))
-    assert json.loads((workdir / "config.json").read_text())["memory"]["per_class"] == 3
-    assert "taken over" in capsys.readouterr().out
 
 
 def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted):
@@ -392,13 +338,13 @@ def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):
     assert a["overall"] >= 3.0
 
 
-def _phase1_features(workdir, tmp_path, trainer, rows):
+def _phase1_features(workdir, tmp_path, ctx, rows):
     """Eval-mode phase-I features of the un-augmented training images `rows`, from the export."""
     from asyncjax import augment
     from asyncjax.archive import unflatten
     variables = unflatten(helpers.export(workdir, tmp_path / "phase1_features.npz", "--phase=phase1"))
-    images = augment.cifar_eval(trainer.data.train_images.images[rows])
-    return np.asarray(trainer.model(trainer.split.num_head).apply(variables, images, train=False)["features"])
+    images = augment.cifar_eval(ctx.data.train_images.images[rows])
+    return np.asarray(ctx.build_model(ctx.split.num_head).apply(variables, images, train=False)["features"])
 
 
 def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_cifar, uninterrupted):
@@ -406,19 +352,19 @@ def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_
     Phase II runs at lr 0, so the exported classifier is its initialisation."""
     import ml_collections
 
-    from asyncjax import train
+    from asyncjax import setup
     workdir = tmp_path / "imprint"
     result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
                               "--config.phase2_init=imprint", "--config.phase2.base_lr=0")
     assert result.returncode == 0, result.stderr[-3000:]
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    trainer = train.Trainer(config, str(tmp_path / "probe"))
-    c1 = trainer.split.num_head
-    tail = np.flatnonzero(trainer.train_labels >= c1)
-    features = _phase1_features(uninterrupted, tmp_path, trainer, tail)
+    ctx = setup.build(config, str(tmp_path / "probe"))
+    c1 = ctx.split.num_head
+    tail = np.flatnonzero(ctx.train_labels >= c1)
+    features = _phase1_features(uninterrupted, tmp_path, ctx, tail)
     kernel = helpers.export(workdir, tmp_path / "final.npz")["params/head/kernel"]
-    labels = trainer.train_labels[tail] - c1
-    for k in range(trainer.split.num_tail):
+    labels = ctx.train_labels[tail] - c1
+    for k in range(ctx.split.num_tail):
         mean = features[labels == k].mean(axis=0)
         # Two programs computed the features (the trainer's sharded inference, this one): 1e-4.
         np.testing.assert_allclose(kernel[:, c1 + k], mean / np.linalg.norm(mean), atol=1e-4, err_msg=str(k))

@@ -58,15 +58,15 @@ def test_ablation_smoke_table_and_plot(tmp_path):
 def test_budgets_scale_the_recipe():
     """short: 8 epochs per phase, the recipe's warm-up share (5 of 200 epochs -> 1), one monitoring
     look mid-phase; full: the paper's recipe untouched; overrides still win."""
-    from asyncjax import config_utils, reproduce
+    from asyncjax import config_utils, experiments
 
-    short = reproduce.row_config("ldam_drw", 100, 2, "short", ["--config.phase2.epochs=12"])
+    short = experiments.row_config("ldam_drw", 100, 2, "short", ["--config.phase2.epochs=12"])
     assert (short.phase1.epochs, short.phase1.warmup_epochs, short.phase2.epochs) == (8, 1, 12)
     assert short.eval_every_epochs == 4 and short.seed == 2 and short.data.imbalance == 100
     assert short.phase1.weight_decay == 2e-4 and short.phase1.batch_size == 128  # Its authors' recipe.
     config_utils.resolve_head(short)
     assert short.model.head == "cosine"  # LDAM's normalised classifier.
-    full = reproduce.row_config("async", 50, 0, "full", [])
+    full = experiments.row_config("async", 50, 0, "full", [])
     assert (full.phase1.epochs, full.phase1.warmup_epochs, full.phase2.warmup_epochs) == (200, 5, 5)
     assert tuple(full.phase1.decay_fractions) == (0.8, 0.9) and full.eval_every_epochs == 20
 
@@ -111,8 +111,8 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
         assert chained["phase1"] == variant["phase1"], run  # The very same phase-I model.
     # A joint grid in the first study's root: (freeze, the default lr) is the one-factor run already
     # there (reported, not retrained); (freeze, lr 0.005) is new and named by both settings.
-    from asyncjax import reproduce
-    lr = f"{reproduce.row_config('async', 100, 0, 'smoke', []).phase2.base_lr:g}"
+    from asyncjax import experiments
+    lr = f"{experiments.row_config('async', 100, 0, 'smoke', []).phase2.base_lr:g}"
     grid = [a for a in command if a.startswith(("--workdir", "--config.data")) or a in helpers.TINY]
     grid = [sys.executable, "-m", "asyncjax.reproduce", "--study=phase2", "--budget=smoke", "--seeds=1",
             f"--workdir={root}", "--grid=phase2.batch_norm=freeze", f"--grid=phase2.base_lr={lr},0.005",
@@ -139,7 +139,7 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
     """A 2 x 2 grid over 2 seeds, the trainer replaced by a recorder: every combination runs once
     per seed from that seed's phase I, a combination of defaults is the base run itself, and each
     directory names only the settings that differ from the defaults."""
-    from asyncjax import reproduce, train
+    from asyncjax import studies, train
 
     runs = {}
 
@@ -150,10 +150,10 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
                 "phase1": {"val_head": {"overall": 1.0}}}
 
     monkeypatch.setattr(train, "run", fake_run)
-    defaults = reproduce.row_config("async", 100, 0, "medium", [])
+    defaults = studies.row_config("async", 100, 0, "medium", [])
     lr, weight = f"{defaults.phase2.base_lr:g}", f"{defaults.loss.retention_weight_base:g}"
-    grid = reproduce.parse_grid([f"phase2.base_lr={lr},0.005", f"loss.retention_weight_base={weight},7"])
-    text = reproduce.study(str(tmp_path), "medium", 2, [], [], grid)
+    grid = studies.parse_grid([f"phase2.base_lr={lr},0.005", f"loss.retention_weight_base={weight},7"])
+    text = studies.study(str(tmp_path), "medium", 2, [], [], grid)
     names = sorted(p.rsplit("/", 1)[-1] for p in runs)
     assert names == sorted([f"{n}_seed{s}" for s in (0, 1) for n in (
         "base", "loss.retention_weight_base=7", "phase2.base_lr=0.005",
@@ -164,7 +164,7 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
     assert f"| {lr} | {weight} | " in text and "| 0.005 | 7 | " in text and text.count("\n| ") == 5  # Head + 4.
     for bad, words in (("phase2.base_lr", "KEY=V1"), ("model.width=1,2", "unknown study factor")):
         try:
-            reproduce.parse_grid([bad])
+            studies.parse_grid([bad])
         except ValueError as error:
             assert words in str(error)
         else:

@@ -61,7 +61,7 @@ def _data():
 
 
 def _extras(phase):
-    return None if phase == 1 else (lambda rows, y: {"is_memory": (y < NUM_HEAD).astype(jnp.float32)})
+    return None if phase == 1 else (lambda y: {"is_memory": (y < NUM_HEAD).astype(jnp.float32)})
 
 
 def _step_by_step(phase, dtype, num_steps, augmented=False):
@@ -71,7 +71,7 @@ def _step_by_step(phase, dtype, num_steps, augmented=False):
     for p in positions[:num_steps]:
         batch = {"images": images[p], "labels": labels[p]}
         if phase == 2:
-            batch.update(_extras(phase)(None, jnp.asarray(labels[p])))
+            batch.update(_extras(phase)(jnp.asarray(labels[p])))
         state, _ = jitted(state, *extra, batch, jax.random.key(7))
     return state
 

@@ -10,11 +10,6 @@ from asyncjax import config_utils
 from tests import helpers
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    return helpers.write_tiny_cifar(tmp_path_factory.mktemp("tiny_cifar"))
-
-
 def test_config_files_load_and_override():
     config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":imbalance=200,smoke=True")
     assert config.data.imbalance == 200 and config.model.backbone == "resnet8"
@@ -181,26 +176,6 @@ def test_joint_baselines_run(tmp_path, tiny_cifar, method):
     results = json.loads((tmp_path / "wd" / "results.json").read_text())
     assert results["method"] == method and 0 <= results["overall"] <= 100
     assert "joint epoch 3/3 step 9/9" in result.stdout
-
-
-def test_ldam_drw_switches_to_reweighting_at_the_set_epoch(tmp_path, tiny_cifar):
-    from asyncjax import baselines, train
-    config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py") + ":smoke=True")
-    config.data.cifar100_dir = tiny_cifar
-    config.data.max_count, config.data.imbalance = 20, 10
-    config.method, config.phase1.epochs = "ldam_drw", 10
-    trainer = train.Trainer(config, str(tmp_path / "wd"))
-    loss = trainer.joint_loss(steps_per_epoch=3)  # DRW from epoch 8 = step 24.
-    rng = np.random.default_rng(0)
-    out = {"cosine": rng.uniform(-1, 1, (6, 100)).astype(np.float32)}
-    labels = rng.integers(0, 100, 6)
-    margins = baselines.ldam_margins(trainer.counts)
-    plain = baselines.ldam_loss(out["cosine"], labels, margins)
-    weighted = baselines.ldam_loss(out["cosine"], labels, margins,
-                                   class_weights=baselines.drw_class_weights(trainer.counts))
-    assert float(loss(out, labels, 23)) == pytest.approx(float(plain), rel=1e-6)
-    assert float(loss(out, labels, 24)) == pytest.approx(float(weighted), rel=1e-6)
-    assert float(plain) != pytest.approx(float(weighted), rel=1e-3)
 
 
 @pytest.mark.parametrize("method", ["crt", "lws", "tau_norm", "ncm"])

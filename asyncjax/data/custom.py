@@ -20,19 +20,17 @@ raised before anything is written to the workdir.
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
 
 import numpy as np
 
 from asyncjax.data import sources
-from asyncjax.data.datasets import LongTailData, long_tailed_subset, streaming_tables
-from asyncjax.data.pipeline import InMemoryImages
+from asyncjax.data.image_files import IMAGE_EXTENSIONS, check_headers, decode_all, probe_sizes, rgb
+from asyncjax.data.longtail import LongTailData, carve_validation, long_tailed_subset
+from asyncjax.data.pipeline import InMemoryImages, streaming_tables
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 KINDS = ("folder", "lists", "tfds")
-PROBE = 256  # Training images whose size decides between the in-memory and the streaming path.
 
 
 # ---- reading the splits ------------------------------------------------------------------
@@ -85,67 +83,6 @@ def read_class_names(path: str, num_classes: int) -> list[str]:
     if len(names) < num_classes:
         raise ValueError(f"data.class_names: {path} names {len(names)} classes, the labels need {num_classes}")
     return names[:num_classes]
-
-
-# ---- images ------------------------------------------------------------------------------
-def probe_sizes(paths: list[str]) -> list[tuple[int, int]]:
-    """(width, height) from the headers of up to PROBE evenly spaced images (nothing decoded;
-    unreadable ones are skipped here and named by decode_all / check_headers)."""
-    from PIL import Image
-    picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE, len(paths))).astype(int))
-    sizes = []
-    for i in picks:
-        try:
-            with Image.open(paths[i]) as image:
-                sizes.append(image.size)
-        except (OSError, ValueError, SyntaxError):
-            continue
-    return sizes or [(0, 0)]
-
-
-def _refuse(bad: list) -> None:
-    """One error for every unreadable image: the first named, with how many more."""
-    if not bad:
-        return
-    more = (f" (and {len(bad) - 1} more: {', '.join(p for p, _ in bad[1:4])}{', ...' if len(bad) > 4 else ''})"
-            if len(bad) > 1 else "")
-    raise ValueError(f"{bad[0][0]}: unreadable or truncated image ({bad[0][1]}){more}")
-
-
-def check_headers(paths: list[str]) -> None:
-    """Every image's header read (the streaming path decodes in its workers, later): files PIL
-    cannot open are named up front. A file cut short after its header surfaces when it is decoded."""
-    from PIL import Image
-    bad = []
-    for path in paths:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, ValueError, SyntaxError) as e:
-            bad.append((path, e))
-    _refuse(bad)
-
-
-def decode_all(paths: list[str], size: tuple[int, int] | None, log=print) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 [N, H, W, 3] of every image, RGB, resized to `size` (width, height; default: the most
-    common size among them). Every unreadable or truncated image is collected and the first named."""
-    from PIL import Image
-    images, bad = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()  # A truncated file fails here, not at open.
-                images.append(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as e:
-            bad.append((path, e))
-    _refuse(bad)
-    sizes = collections.Counter(image.size for image in images)
-    size = size or sizes.most_common(1)[0][0]
-    odd = sum(n for s, n in sizes.items() if s != size)
-    if odd:
-        log(f"data: {odd} of {len(images)} images resized to the most common size {size[0]}x{size[1]}")
-    return np.stack([np.asarray(image if image.size == size else image.resize(size, Image.BILINEAR), np.uint8)
-                     for image in images]), size
 
 
 def check_overlap(splits: dict, keys: dict, allow: bool) -> None:
@@ -201,24 +138,12 @@ def _splits_from_files(data_config) -> tuple[dict, dict, list[str], str]:
     return paths, labels, names, resolve(lists["train"])
 
 
-def _carve_validation(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, validation rows): up to `per_class` images of each class, seeded, from
-    classes that can spare them (a class keeps at least as many training images as it gives)."""
-    rng = np.random.default_rng([seed, 1])
-    val = []
-    for c in range(int(labels.max()) + 1):
-        rows = np.flatnonzero(labels == c)
-        val.append(rng.permutation(rows)[:min(per_class, len(rows) // 2)])
-    val = np.sort(np.concatenate(val)).astype(np.int64)
-    return np.setdiff1d(np.arange(len(labels)), val), val
-
-
 def load_files(data_config, log=print):
     """LongTailData of kind=folder or kind=lists."""
     paths, labels, names, origin = _splits_from_files(data_config)
     note = ""
     if "val" not in paths and data_config.val_per_class > 0:
-        keep, val = _carve_validation(labels["train"], data_config.val_per_class, data_config.subsample_seed)
+        keep, val = carve_validation(labels["train"], data_config.val_per_class, data_config.subsample_seed)
         paths["val"] = [paths["train"][i] for i in val]
         labels["val"] = labels["train"][val]
         paths["train"] = [paths["train"][i] for i in keep]
@@ -314,7 +239,7 @@ def load_tfds(data_config, log=print):
         index = rows.get(split, np.arange(len(src)))
         labels[split] = src.labels[index]
         if small:
-            tables[split] = InMemoryImages(np.stack([_rgb(src[int(i)]["image"]) for i in index]))
+            tables[split] = InMemoryImages(np.stack([rgb(src[int(i)]["image"]) for i in index]))
         else:
             tables.update(streaming_tables({split: _Subset(src, index)}, data_config))
     note = f"TFDS {name}, training split made long-tailed (n_max {max_count}, imbalance {data_config.imbalance})"
@@ -327,13 +252,6 @@ def load_tfds(data_config, log=print):
     return LongTailData(tables["train"], labels["train"], tables[test], labels[test], len(names), note,
                         val_images=tables.get("val"), val_labels=labels.get("val"), class_names=names, small=small,
                         split_sizes={s: len(v) for s, v in labels.items()})
-
-
-def _rgb(image) -> np.ndarray:
-    array = np.asarray(image, np.uint8)
-    if array.ndim == 2:
-        array = array[..., None]
-    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
 
 
 class _Subset:

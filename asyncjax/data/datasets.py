@@ -12,43 +12,21 @@ on the test split before the end. iNaturalist 2018 has no third split and report
 validation split, as the field does.
 
 Your own data (dataset=custom, asyncjax/data/custom.py) goes through the same two steps as the
-benchmarks: `long_tailed_subset` (CIFAR-100-LT's rule, also any TFDS dataset's) and
-`streaming_tables` (the 224-px benchmarks' pipeline, also large custom images); a benchmark is its
-source spec (BENCHMARKS: classes, TFDS name and splits, split-list names) plus its config's recipe.
+benchmarks: `longtail.long_tailed_subset` (CIFAR-100-LT's rule, also any TFDS dataset's) and
+`pipeline.streaming_tables` (the 224-px benchmarks' pipeline, also large custom images); a
+benchmark is its source spec (BENCHMARKS: classes, TFDS name and splits, split-list names) plus
+its config's recipe.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import ml_collections
 import numpy as np
 
-from asyncjax.data import cifar, longtail, sources
-from asyncjax.data.pipeline import InMemoryImages, StreamingImages
-
-
-@dataclasses.dataclass
-class LongTailData:
-    train_images: object          # An image table (asyncjax.data.pipeline).
-    train_labels: np.ndarray      # Original class ids [N].
-    test_images: object
-    test_labels: np.ndarray
-    num_classes: int
-    note: str = ""                # Said beside every figure measured on this data.
-    val_images: object = None     # Monitoring split; None: monitor on test (CIFAR, iNaturalist).
-    val_labels: np.ndarray | None = None
-    class_names: list | None = None  # By original class id (custom data; CIFAR's from its names file).
-    small: bool = False              # Custom data of small images: held in memory, augmented on the device.
-    split_sizes: dict | None = None  # Images per split as given (custom data), for the summary.
-
-    @property
-    def image_shape(self) -> tuple:
-        return tuple(self.train_images.image_shape)
-
-    @property
-    def train_counts(self) -> np.ndarray:
-        return np.bincount(self.train_labels, minlength=self.num_classes)
+from asyncjax.data import cifar, custom, sources
+from asyncjax.data.longtail import LongTailData, long_tailed_subset
+from asyncjax.data.pipeline import InMemoryImages, streaming_tables
 
 
 # Per benchmark: classes, TFDS name and split names (None: no TFDS builder exists),
@@ -74,30 +52,8 @@ def load(config: ml_collections.ConfigDict, log=print) -> LongTailData:
     if config.dataset in BENCHMARKS:
         return load_streaming(config.dataset, config.data)
     if config.dataset == "custom":
-        from asyncjax.data import custom
         return custom.load(config.data, log=log)
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
-
-
-def long_tailed_subset(train_labels: np.ndarray, num_classes: int, data_config, max_count: int):
-    """(kept rows, validation rows or None) of a balanced training split made long-tailed:
-    lt_counts(C, max_count, data.imbalance) per class, seeded by data.subsample_seed, and up to
-    data.val_per_class validation images per class from the rows it leaves out. CIFAR-100-LT and
-    custom TFDS datasets (configs/custom.py:kind=tfds) both go through here."""
-    counts = longtail.lt_counts(num_classes, max_count, data_config.imbalance)
-    keep = longtail.subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
-    val = None
-    if data_config.get("val_per_class", 0) > 0:  # Monitoring and free choices use it; test is read once.
-        val = longtail.validation_split(train_labels, keep, data_config.val_per_class, data_config.subsample_seed)
-    return keep, val
-
-
-def streaming_tables(split_sources: dict, data_config) -> dict:
-    """{split: StreamingImages} over random-access sources, at data.image_size: the 224-px
-    benchmarks and custom data of larger images both stream through here."""
-    return {split: StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
-                                   workers=data_config.workers)
-            for split, source in split_sources.items()}
 
 
 def load_cifar100_lt(data_config) -> LongTailData:

@@ -1,4 +1,5 @@
-"""Long-tailed subsets, class ranking, the head/tail split and shot groups.
+"""Long-tailed data: the `LongTailData` every loader returns, long-tailed subsets and
+validation splits, class ranking, the head/tail split and shot groups.
 
 Everything here is plain numpy: it runs once on the host before training, and
 its outputs (counts, index lists, the rank <-> class-id mapping) are saved with
@@ -78,6 +79,33 @@ def validation_split(labels: np.ndarray, kept: np.ndarray, per_class: int, seed:
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def carve_validation(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of a training split that leaves nothing out (your own data
+    given without a validation split): up to `per_class` images of each class, seeded, taken out of
+    training, from classes that can spare them (a class keeps at least as many as it gives).
+    `validation_split` is the rule where a long-tailed subset leaves images out to draw from."""
+    rng = np.random.default_rng([seed, 1])
+    val = []
+    for c in range(int(labels.max()) + 1):
+        rows = np.flatnonzero(labels == c)
+        val.append(rng.permutation(rows)[:min(per_class, len(rows) // 2)])
+    val = np.sort(np.concatenate(val)).astype(np.int64)
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def long_tailed_subset(train_labels: np.ndarray, num_classes: int, data_config, max_count: int):
+    """(kept rows, validation rows or None) of a balanced training split made long-tailed:
+    lt_counts(C, max_count, data.imbalance) per class, seeded by data.subsample_seed, and up to
+    data.val_per_class validation images per class from the rows it leaves out. CIFAR-100-LT and
+    custom TFDS datasets (configs/custom.py:kind=tfds) both go through here."""
+    counts = lt_counts(num_classes, max_count, data_config.imbalance)
+    keep = subsample_long_tail(train_labels, counts, seed=data_config.subsample_seed)
+    val = None
+    if data_config.get("val_per_class", 0) > 0:  # Monitoring and free choices use it; test is read once.
+        val = validation_split(train_labels, keep, data_config.val_per_class, data_config.subsample_seed)
+    return keep, val
+
+
 def rank_classes(counts: np.ndarray) -> np.ndarray:
     """Class ids ordered by training count, descending; ties by id, ascending.
 
@@ -155,6 +183,30 @@ def make_class_split(counts: np.ndarray, split=None) -> ClassSplit:
     """Ranks classes by count and chooses C1 (see `num_head_classes`)."""
     return ClassSplit(rank_to_class=rank_classes(counts),
                       num_head=num_head_classes(counts, split))
+
+
+@dataclasses.dataclass
+class LongTailData:
+    """What every dataset loader returns (asyncjax.data.datasets, asyncjax.data.custom)."""
+    train_images: object          # An image table (asyncjax.data.pipeline).
+    train_labels: np.ndarray      # Original class ids [N].
+    test_images: object
+    test_labels: np.ndarray
+    num_classes: int
+    note: str = ""                # Said beside every figure measured on this data.
+    val_images: object = None     # Monitoring split; None: monitor on test (CIFAR, iNaturalist).
+    val_labels: np.ndarray | None = None
+    class_names: list | None = None  # By original class id (custom data; CIFAR's from its names file).
+    small: bool = False              # Custom data of small images: held in memory, augmented on the device.
+    split_sizes: dict | None = None  # Images per split as given (custom data), for the summary.
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.train_images.image_shape)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.train_labels, minlength=self.num_classes)
 
 
 def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:

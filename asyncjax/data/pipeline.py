@@ -107,3 +107,11 @@ class StreamingImages:
     def batches(self, index_batches: Sequence[np.ndarray], *, training: bool, key: tuple = (),
                 start: int = 0) -> Iterator[np.ndarray]:
         return iter(self.dataset(index_batches, training=training, key=key, start=start))
+
+
+def streaming_tables(split_sources: dict, data_config) -> dict:
+    """{split: StreamingImages} over random-access sources, at data.image_size: the 224-px
+    benchmarks and custom data of larger images both stream through here."""
+    return {split: StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
+                                   workers=data_config.workers)
+            for split, source in split_sources.items()}

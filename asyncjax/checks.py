@@ -1,0 +1,213 @@
+"""Everything that refuses a run, in one place, done before anything is written.
+
+    resolve(config)             model.head=auto -> the method's head; every choice of every phase
+                                the method runs checked (a typo fails in seconds, not hours in)
+    freeze(config)              the config after the data chose `auto` backbones: read-only from here
+    check_phase1_from(...)      phase1_from names a finished async phase I of the same settings
+    check_devices(config, n)    mesh.model and every phase's global batch fit the devices
+    check_workdir(config, dir)  a workdir of another configuration (its identity) is refused;
+                                config.json is written on a new one
+
+Data problems (a missing file, a bad list line) are refused by the loaders in asyncjax/data, which
+name the file; an init_from archive that does not fit, by asyncjax/pretrained.py. setup.build runs
+all of them in this order, so a refused run leaves the disk as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from asyncjax import config_utils, files, methods
+from asyncjax.data.sampling import STRATEGIES
+from asyncjax.models import BACKBONES, HEADS
+from asyncjax.models.conv import CONV_WEIGHT_GRADS
+
+# Fields that must match to resume a workdir: a different value means other checkpoints.
+IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "mesh.model")
+# What a phase I depends on: phase1_from refuses a workdir whose phase I differs in any of them.
+PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_seed", "split.num_head_classes",
+               "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from",
+               "mesh.model")  # mesh.model: the head's padding for the model axis (its checkpoint's shape).
+
+
+def get(config, dotted: str, default=""):
+    """config['a']['b'] for 'a.b'; `default` where a workdir written by an older version lacks it."""
+    for part in dotted.split("."):
+        if part not in config:
+            return default
+        config = config[part]
+    return config
+
+
+# ---- the configuration -------------------------------------------------------------------
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with model.head=auto resolved, checked: every choice of every phase the
+    method will run (ValueError naming the key)."""
+    config = config.copy_and_resolve_references()
+    config_utils.resolve_head(config)
+    validate_config(config)
+    return config
+
+
+def freeze(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The run's config, read-only: nothing downstream of the checks may change it."""
+    return ml_collections.FrozenConfigDict(config)
+
+
+def validate_config(config) -> None:
+    """Every choice of every phase the method will run, checked before anything is read or
+    written: a typo fails in seconds, with the key named, not hours in when its phase starts."""
+    def one_of(key: str, allowed) -> None:
+        value = get(config, key)
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {tuple(allowed)}, got {value!r}")
+
+    one_of("method", methods.METHODS)
+    one_of("model.backbone", ("auto", *BACKBONES))  # auto: by the images' size, once they are loaded.
+    one_of("model.head", ("auto", *HEADS))
+    one_of("model.dtype", ("float32", "bfloat16"))
+    one_of("model.conv_weight_grad", CONV_WEIGHT_GRADS)
+    one_of("phase2_init", ("random", "imprint"))
+    one_of("loss.retention_reduction", ("mean", "sum"))
+    one_of("decoupling.ncm_metric", ("cosine", "euclidean"))
+    one_of("data.source", ("tfds", "list"))
+    if config.method in ("async", "ldam_drw") and config.model.head != "cosine":
+        raise ValueError(f"method={config.method} needs model.head='cosine' (it uses cosine scores)")
+    if config.diagnostics.gradient_distortion and config.method != "plain":
+        raise ValueError("diagnostics.gradient_distortion needs method=plain (the joint cross-entropy "
+                         "whose head- and tail-class gradients Fig. 1 compares)")
+    if config.method in ("tau_norm", "lws") and config.model.head != "linear":
+        raise ValueError(f"method={config.method} needs model.head='linear' (it rescales the linear classifier)")
+    if config.memory.per_class < 1:
+        raise ValueError(f"memory.per_class must be >= 1, got {config.memory.per_class}")
+    if config.loss.retention_temperature <= 0:
+        raise ValueError(f"loss.retention_temperature must be > 0, got {config.loss.retention_temperature}")
+    if config.steps_per_dispatch < 1:
+        raise ValueError(f"steps_per_dispatch must be >= 1, got {config.steps_per_dispatch}")
+    for name in methods.recipes_of(config.method):
+        one_of(f"{name}.schedule", ("step", "cosine"))
+        one_of(f"{name}.sampler", STRATEGIES)
+        one_of(f"{name}.batch_norm", ("update", "freeze") if name == "phase2" else ("update",))
+        recipe = config[name]
+        for key in ("epochs", "batch_size", "base_batch_size"):
+            if recipe[key] < 1:
+                raise ValueError(f"{name}.{key} must be >= 1, got {recipe[key]}")
+        if not 0 <= recipe.warmup_epochs <= recipe.epochs:
+            raise ValueError(f"{name}.warmup_epochs must be in [0, {name}.epochs], got {recipe.warmup_epochs}")
+        if recipe.schedule == "step" and not all(0 < f <= 1 for f in recipe.decay_fractions):
+            raise ValueError(f"{name}.decay_fractions must lie in (0, 1], got {tuple(recipe.decay_fractions)}")
+
+
+def check_devices(config, device_count: int) -> None:
+    """mesh.model divides the devices, and the data axis divides every phase's global batch
+    (each process loads whole blocks of it)."""
+    model = config.mesh.model
+    if model < 1 or device_count % model:
+        raise ValueError(f"mesh.model={model} does not divide the {device_count} devices")
+    data = device_count // model
+    for name in methods.recipes_of(config.method):
+        if config[name].batch_size % data:
+            raise ValueError(f"{name}.batch_size={config[name].batch_size} is not divisible by the "
+                             f"{data} data-parallel devices")
+
+
+# ---- phase1_from: phase II from another workdir's phase I -----------------------------------
+def check_phase1_from(config, workdir: str) -> None:
+    """Refuses a phase1_from workdir that is not an async run of the same phase I (naming the
+    key), or this run's own workdir. That its phase I finished is check_phase1_finished's."""
+    source = config.phase1_from
+    if not source:
+        return
+    if config.method != "async":
+        raise ValueError(f"phase1_from needs method=async, got {config.method!r}")
+    if os.path.abspath(source) == os.path.abspath(workdir):
+        raise ValueError("phase1_from is this run's own workdir; give another --workdir")
+    saved = saved_config(source)
+    if saved is None:
+        raise FileNotFoundError(f"phase1_from: {source} holds no config.json (not a workdir of asyncjax.main)")
+    if saved.get("method") != "async":
+        raise ValueError(f"phase1_from: {source} is a method={saved.get('method')!r} run, not async")
+    ours = json.loads(config.to_json())
+    differing = [k for k in PHASE1_KEYS if get(saved, k) != get(ours, k)]
+    differing += [f"phase1.{k}" for k in sorted(ours["phase1"]) if saved["phase1"].get(k) != ours["phase1"][k]]
+    if differing:
+        raise ValueError(f"phase1_from: {source}'s phase I differs from this run's in "
+                         + ", ".join(f"{k} ({get(saved, k)!r} there, {get(ours, k)!r} here)" for k in differing))
+
+
+def check_phase1_finished(source: str, latest_step: int | None, total_steps: int) -> None:
+    """phase1_from's latest phase-I checkpoint is its last step."""
+    if latest_step != total_steps:
+        raise ValueError(f"phase1_from: {source} has no finished phase I "
+                         f"(latest phase-I checkpoint: {latest_step}, of {total_steps} steps)")
+
+
+# ---- the workdir: its identity -------------------------------------------------------------
+def is_finished(workdir: str | None) -> bool:
+    """A workdir with results.json: the run is only reported (its phase1_from may be gone since)."""
+    return workdir is not None and os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def holds_progress(workdir: str) -> bool:
+    """A checkpoint, a memory bank or results: what a run of another configuration must not touch."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    saved = os.path.isdir(checkpoints) and any(
+        entry.isdigit() for phase in os.listdir(checkpoints) if os.path.isdir(os.path.join(checkpoints, phase))
+        for entry in os.listdir(os.path.join(checkpoints, phase)))
+    return saved or any(os.path.exists(os.path.join(workdir, f)) for f in ("memory_bank.npz", "results.json"))
+
+
+def saved_config(workdir: str) -> dict | None:
+    """workdir's config.json (None: there is none)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _identity_differences(config, saved: dict) -> list[str]:
+    """IDENTITY_KEYS on which the saved config differs from `config`."""
+    saved = ml_collections.ConfigDict(saved)
+    return [f"{k}: workdir has {get(saved, k)!r}, this run {get(config, k)!r}" for k in IDENTITY_KEYS
+            if get(saved, k) != get(config, k)]
+
+
+def _changed_settings(config, saved: dict) -> list[str]:
+    """Every leaf of the config that differs from the saved one, as `key: saved -> now`."""
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix[:-1], tree
+    before, after = dict(leaves(saved)), dict(leaves(json.loads(config.to_json())))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def check_workdir(config, workdir: str, write: bool = True, is_main_process: bool = True) -> str | None:
+    """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
+    configuration. A workdir with a config.json but nothing saved (a run stopped before its first
+    checkpoint) is taken over; returns a note saying so. A resume with other settings outside the
+    identity keys is allowed; returns a note naming them. `write=False` (dry runs) only checks."""
+    saved = saved_config(workdir)
+    differing = None if saved is None else _identity_differences(config, saved)
+    progress = saved is not None and holds_progress(workdir)
+    if differing and progress:
+        raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
+                         f"({', '.join(differing)}); use another --workdir")
+    if write and is_main_process and not progress:
+        os.makedirs(workdir, exist_ok=True)
+        files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    if differing:
+        return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
+               "taken over by this run"
+    changed = _changed_settings(config, saved) if progress else []
+    if changed:  # Allowed (a path, a log interval), but a recipe change mid-run must be visible.
+        return (f"resuming {workdir} with {len(changed)} setting(s) other than its config.json "
+                f"(which keeps the first run's): {'; '.join(changed)}")
+    return None

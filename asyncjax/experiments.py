@@ -1,0 +1,80 @@
+"""Runs of a comparison (reproduce.py's table, studies.py's ablations and phase-II studies): one
+CIFAR-100-LT config per (method, imbalance, seed) at a budget, its seeds run (each resumes, or only
+reports when finished), and the mean ± std that the tables print.
+
+Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 8, medium = 30,
+full = 200 (the paper's). The warm-up keeps the recipe's share of the epochs (5 of 200, at least
+1); the lr steps and DRW's start are fractions already.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from asyncjax import config_utils, train
+
+EPOCHS = {"short": 8, "medium": 30, "full": 200}
+
+
+def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: list[str]):
+    """configs/cifar100_lt.py with the method's preset, at `budget`, for one seed and imbalance."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cifar100_lt.py")
+    # The method's preset: LDAM-DRW runs its authors' recipe (batch 128, weight decay 2e-4).
+    config = config_utils.load_config_file(f"{path}:smoke={budget == 'smoke'},method={method}")
+    config.seed, config.data.imbalance = seed, imbalance
+    if budget == "smoke":
+        for phase in (config.phase1, config.phase2):
+            phase.epochs, phase.max_steps_per_epoch = 2, 3
+        config.eval_every_epochs = 100
+    else:
+        for phase in (config.phase1, config.phase2):
+            # The recipe's warm-up share (5 of 200 epochs), so a short budget is not mostly warm-up.
+            phase.warmup_epochs = max(1, round(phase.warmup_epochs * EPOCHS[budget] / phase.epochs))
+            phase.epochs = EPOCHS[budget]
+        # Monitoring only (the reported model is the final one): one look mid-phase at short budget.
+        config.eval_every_epochs = max(1, EPOCHS[budget] // (2 if budget == "short" else 10))
+    config_utils.apply_overrides(config, overrides)
+    # A study around other defaults reuses each seed's phase I: phase1_from=ROOT/base_seed{seed}.
+    config.phase1_from = config.phase1_from.replace("{seed}", str(seed))
+    return config
+
+
+def mean_std(values) -> str:
+    """'38.72 ± 0.90' (sample std) over the values that exist; one value alone; 'n/a' for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, row_dir: str, title: str,
+              async_phase1_from: str = ""):
+    """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note.
+    An async seed whose `async_phase1_from` directory ({seed} replaced) exists starts phase II from
+    that directory's phase I; the trainer refuses it unless it was trained with this row's phase-I
+    settings."""
+    results = []
+    for seed in range(seeds):
+        config = row_config(method, imbalance, seed, budget, overrides)
+        source = async_phase1_from.replace("{seed}", str(seed))
+        directory = f"{row_dir}_seed{seed}"
+        # A finished seed trained from `source` is reported even where `source` is gone since.
+        if method == "async" and source and (
+                os.path.isdir(source) or trained_from(directory) == os.path.abspath(source)):
+            config.phase1_from = os.path.abspath(source)
+        print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
+        results.append(train.run(config, directory))
+    return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
+
+
+def trained_from(directory: str) -> str | None:
+    """The phase1_from of a finished run in `directory` (None when unfinished or trained here)."""
+    path = os.path.join(directory, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("phase1_from")

@@ -1,0 +1,162 @@
+"""Ablations (the paper's Fig. 2 and 3) and the phase-II study: async runs over one setting at a
+time, or a grid of them, each variant's phase II from its seed's phase I. The phase-II study reports
+the validation split only: settings are chosen on it, never on the test split.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+from asyncjax import config_utils, files, train
+from asyncjax.experiments import mean_std, row_config, run_seeds
+
+# Ablation name -> (config key, default values, label); values parse as the key's type.
+ABLATIONS = {
+    "memory_size": ("memory.per_class", ["2", "6", "10", "14", "18"], "exemplars per head class K"),
+    "lambda": ("loss.retention_weight_base", ["0", "0.5", "1", "2", "4"], "lambda_base (lambda = lambda_base sqrt(C1/C2))"),
+    "split": ("split.num_head_classes", ["50", "60", "70", "80", "90"], "head classes C1"),
+}
+
+# The phase-II study: each factor varied alone from the defaults (values typed by the config;
+# phase2.epoch_fraction is phase II's epochs as a fraction of phase I's). Validation split only.
+STUDY = {
+    "loss.retention_temperature": ["1", "0.3", "0.1", "0.03", "0.01"],
+    "loss.retention_weight_base": ["0", "0.5", "1", "2", "4"],
+    "loss.retention_reduction": ["mean", "sum"],
+    "phase2.base_lr": ["0.1", "0.03", "0.01"],
+    "phase2.backbone_lr_multiplier": ["1", "0.1"],
+    "phase2.batch_norm": ["update", "freeze"],
+    "phase2_init": ["random", "imprint"],
+    "memory.per_class": ["5", "10", "20"],
+    "phase2.sampler": ["instance", "class_balanced"],
+    "phase2.epoch_fraction": ["1", "0.5", "0.25"],
+}
+
+
+def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: int, overrides) -> str:
+    """Async rows over the values of one ablation; a Markdown table and a JSON of the figures."""
+    key, _, label = ABLATIONS[name]
+    rows, note = [], ""
+    for value in values:
+        results, row_note = run_seeds("async", imbalance, seeds, budget, [*overrides, f"--config.{key}={value}"],
+                                       os.path.join(workdir, f"ablation_{name}_{value}"), f"ablation {name} = {value}")
+        note = row_note or note
+        rows.append({"value": float(value), "seeds": seeds,
+                     **{k: [r[k] for r in results] for k in ("overall", "many", "medium", "few")}})
+    stem = os.path.join(workdir, f"ablation_{name}_{budget}")
+    lines = [f"# Ablation: {label} (async, CIFAR-100-LT IF {imbalance}), budget `{budget}`, {seeds} seed(s)", "",
+             f"Top-1 accuracy (%) of the final model on the test split. {note}", "",
+             f"| {key} | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['value']:g} | " + " | ".join(mean_std(row[k]) for k in ("overall", "many", "medium", "few"))
+                     + " |")
+    text = "\n".join(lines) + "\n"
+    files.write_text(stem + ".md", text)
+    files.write_text(stem + ".json", json.dumps({"ablation": name, "key": key, "label": label, "budget": budget,
+                                                  "imbalance": imbalance, "rows": rows}))
+    return text
+
+
+def variant_config(settings, seed: int, budget: str, overrides, base_dir: str):
+    """The study's variant: the defaults with each (key, value) of `settings`, phase II from
+    `base_dir`'s phase I."""
+    config = row_config("async", 100, seed, budget, overrides)
+    for key, value in settings:
+        if key == "phase2.epoch_fraction":
+            recipe = config.phase2
+            recipe.epochs = max(1, int(round(float(value) * config.phase1.epochs)))
+            recipe.warmup_epochs = min(recipe.warmup_epochs, recipe.epochs - 1)
+        else:
+            config_utils.apply_overrides(config, [f"--config.{key}={value}"])
+    config.phase1_from = base_dir
+    return config
+
+
+def parse_grid(grid) -> list[tuple[str, list[str]]]:
+    """--grid flags (KEY=V1,V2,...) as [(key, values)], refusing a key the study does not know
+    and a key given twice."""
+    parsed = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid={item}: expected KEY=V1,V2,... (e.g. phase2.base_lr=0.1,0.03)")
+        if key not in STUDY:
+            raise ValueError(f"--grid={item}: unknown study factor {key!r}; choose from {list(STUDY)}")
+        if key in dict(parsed):
+            raise ValueError(f"--grid: {key} is given twice")
+        parsed.append((key, [v for v in values.split(",") if v]))
+    return parsed
+
+
+def _is_default(key: str, value: str, base) -> bool:
+    if key == "phase2.epoch_fraction":
+        return float(value) == base.phase2.epochs / base.phase1.epochs
+    probe = base.copy_and_resolve_references()
+    config_utils.apply_overrides(probe, [f"--config.{key}={value}"])
+    node, other = probe, base
+    for part in key.split("."):
+        node, other = node[part], other[part]
+    return node == other
+
+
+def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=()) -> str:
+    """Phase II from one phase I per seed: the defaults (`base_seed<s>`, a whole async run) and each
+    variant from its seed's phase I, named by the settings it changes (`<key>=<value>[,...]_seed<s>`,
+    so a variant two studies share is trained once). Variants: each factor's values alone, or with
+    `grid` ([(key, values)]) every combination. Validation figures only: the settings are chosen on
+    them, never on the test split."""
+    unknown = [f for f in factors if f not in STUDY]
+    if unknown:
+        raise ValueError(f"unknown study factors {unknown}; choose from {list(STUDY)}")
+    if grid:
+        points = [list(zip([key for key, _ in grid], values))
+                  for values in itertools.product(*[values for _, values in grid])]
+    else:
+        points = [[(key, value)] for key in factors for value in STUDY[key]]
+    bases = {}
+    for seed in range(seeds):
+        base_dir = os.path.join(workdir, f"base_seed{seed}")
+        print(f"=== study phase2, defaults, seed {seed}: {base_dir}", flush=True)
+        bases[seed] = (base_dir, row_config("async", 100, seed, budget, overrides),
+                       train.run(row_config("async", 100, seed, budget, overrides), base_dir))
+    rows = []
+    for settings in points:
+        results = []
+        for seed, (base_dir, base_config, base_results) in bases.items():
+            changed = [(k, v) for k, v in settings if not _is_default(k, v, base_config)]
+            if not changed:
+                results.append(base_results)
+                continue
+            directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_seed{seed}")
+            print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, seed {seed}: {directory}",
+                  flush=True)
+            # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
+            # that phase I on: only a workdir that trained phase I holds its checkpoints.
+            source = base_config.phase1_from or base_dir
+            results.append(train.run(variant_config(changed, seed, budget, overrides, source), directory))
+        row = {"settings": dict(settings), "seeds": len(results), "val_classes": results[0]["val"]["classes"],
+               **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
+               "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]}
+        if not grid:
+            row["key"], row["value"] = settings[0]
+        rows.append(row)
+    stem = os.path.join(workdir, f"study_phase2_{budget}" + ("_grid" if grid else ""))
+    keys = [key for key, _ in grid]
+    what = ("Every combination of the grid's values" if grid else "Each factor varies alone from the defaults")
+    lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds} phase I(s)", "",
+             f"Top-1 accuracy (%) on the validation split ({rows[0]['val_classes'] if rows else '-'} classes "
+             f"with validation images); mean ± std over seeds. {what}; "
+             "every variant starts from its seed's phase I. Chosen on these only: each run's results.json "
+             "also holds its test figures, not used here.", "",
+             "| " + (" | ".join(keys) if grid else "factor | value") + " | overall | many | medium | few |",
+             "|" + "---|" * ((len(keys) if grid else 2) + 4)]
+    for row in rows:
+        names = [row["settings"][k] for k in keys] if grid else [row["key"], row["value"]]
+        lines.append("| " + " | ".join(names) + " | " + " | ".join(
+            mean_std(row[k]) for k in ("overall", "many", "medium", "few")) + " |")
+    text = "\n".join(lines) + "\n"
+    files.write_text(stem + ".md", text)
+    files.write_text(stem + ".json", json.dumps({"study": "phase2", "budget": budget, "seeds": seeds,
+                                                  "grid": keys, "rows": rows}))
+    return text

@@ -1,0 +1,50 @@
+"""checks.py through setup.build: what refuses a run does so before anything is written."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["--config.model.backbone=resnet33"], "model.backbone"),
+    (["--config.phase2.schedule=cos"], "phase2.schedule"),
+    (["--config.loss.retention_reduction=avg"], "loss.retention_reduction"),
+    (["--config.phase1.sampler=balanced"], "phase1.sampler"),
+    (["--config.phase2.warmup_epochs=3"], "phase2.warmup_epochs"),
+    (["--config.method=crt", "--config.classifier.sampler=cb"], "classifier.sampler"),
+    (["--config.model.head=cosinus"], "model.head"),
+])
+def test_a_typo_in_any_phase_fails_before_anything_is_written(tmp_path, tiny_cifar, overrides, named):
+    from asyncjax import setup
+    with pytest.raises(ValueError, match=re.escape(named)):
+        setup.build(helpers.tiny_config(tiny_cifar, *overrides), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_init_from_that_does_not_fit_is_refused_before_the_disk(tmp_path, tiny_cifar):
+    import jax
+    import jax.numpy as jnp
+
+    from asyncjax import setup
+    from asyncjax.archive import flatten
+    from asyncjax.models import make_backbone
+    wrong = make_backbone("resnet32").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    np.savez(tmp_path / "r32.npz", **flatten({"params": {"backbone": wrong["params"]},
+                                              "batch_stats": {"backbone": wrong["batch_stats"]}}))
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        setup.build(helpers.tiny_config(tiny_cifar, f"--config.init_from={tmp_path / 'r32.npz'}"), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_workdir_with_a_config_but_nothing_saved_is_taken_over(tmp_path, tiny_cifar, capsys):
+    from asyncjax import setup
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    stale = json.loads(helpers.tiny_config(tiny_cifar, "--config.memory.per_class=7").to_json())
+    (workdir / "config.json").write_text(json.dumps(stale))
+    setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["memory"]["per_class"] == 3
+    assert "taken over" in capsys.readouterr().out
