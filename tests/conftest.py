@@ -4,11 +4,26 @@ import pathlib
 
 import pytest
 
-# One persistent XLA compilation cache for the whole test session, the CLI runs
-# (subprocesses inherit the environment) included: most of them compile the same
-# tiny models, and a cached executable is the same program, so results are unchanged.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                                                "asyncjax-test-xla-cache"))
+
+def private_cache_dir(path: str) -> str:
+    """`path`, created if needed, mode 0700 and owned by this user: JAX loads executables from its
+    compilation cache, so a folder others can write to (a fixed name under the shared /tmp) would
+    let them plant code that the tests run. Refuses a folder of another user; closes one of ours
+    that is open to others."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"test compilation cache {path} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)  # Ours: close it to others before JAX reads anything from it.
+    return path
+
+
+# One persistent XLA compilation cache for the whole test session (and its xdist workers), the CLI
+# runs included (subprocesses inherit the environment): most of them compile the same tiny models,
+# and a cached executable is the same program, so results are unchanged. Per user, private.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", private_cache_dir(
+    os.path.join(os.path.expanduser("~"), ".cache", "asyncjax", "tests-xla")))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # CI installs libtpu (for compile_check's tests): without this, every process would look for a
 # TPU at start-up and print libtpu's warnings into the output that the CLI tests read.

@@ -420,3 +420,24 @@ def test_predict_prints_names_and_probabilities_from_a_workdir_and_an_export(tmp
                               str(tmp_path / "nope.png")], cwd=helpers.REPO, env=helpers.cli_env(),
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "nope.png" in missing.stderr
+
+
+def test_the_tests_compilation_cache_is_private(tmp_path):
+    """JAX runs executables from its compilation cache: the tests' cache is this user's alone
+    (mode 0700), never a fixed folder under the shared /tmp that anyone could fill first."""
+    import os
+
+    from tests.conftest import private_cache_dir
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    info = os.stat(cache)
+    assert info.st_uid == os.getuid() and info.st_mode & 0o077 == 0, (cache, oct(info.st_mode))
+    opened = tmp_path / "opened"
+    opened.mkdir(mode=0o777)
+    os.chmod(opened, 0o777)
+    assert private_cache_dir(str(opened)) == str(opened) and os.stat(opened).st_mode & 0o777 == 0o700
+    if os.getuid() == 0:  # Only root can hand a folder to another user.
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(RuntimeError, match="belongs to another user"):
+            private_cache_dir(str(theirs))
