@@ -7,7 +7,10 @@
 # 1.3x on a 2-core CPU). Everything after `--` goes to `python -m asyncjax.main`.
 # With N > 1 it also raises XLA:CPU's collective timeout from 40 s to 10 min: a run that shares the
 # CPU at low priority (nice 19) can wait that long for a core, and XLA aborts the whole process when
-# one device's thread is 40 s late to an all-reduce ("Termination timeout for all reduce").
+# one device's thread is 40 s late to an all-reduce ("Termination timeout for all reduce"). Even so,
+# a 2-device run at nice 5 beside the test suite once waited past 10 min and died (session 12): on a
+# shared CPU run several 1-device runs side by side instead (the same images/s in total,
+# benchmarks/two_at_once.py).
 set -euo pipefail
 
 dry_run=0
