@@ -5,8 +5,9 @@
     freeze(config)              the config after the data chose `auto` backbones: read-only from here
     check_phase1_from(...)      phase1_from names a finished async phase I of the same settings
     check_devices(config, n)    mesh.model and every phase's global batch fit the devices
-    check_workdir(config, dir)  a workdir of another configuration (its identity) is refused;
-                                config.json is written on a new one
+    check_workdir(config, dir)  a workdir of another configuration (its identity) is refused
+    lock_workdir(dir)           one run per workdir: a second is refused, naming the first
+    write_config(config, dir)   config.json on a workdir that holds nothing yet
 
 Data problems (a missing file, a bad list line) are refused by the loaders in asyncjax/data, which
 name the file; an init_from archive that does not fit, by asyncjax/pretrained.py. setup.build runs
@@ -14,8 +15,11 @@ all of them in this order, so a refused run leaves the disk as it was.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import time
 
 import ml_collections
 
@@ -145,6 +149,33 @@ def check_phase1_finished(source: str, latest_step: int | None, total_steps: int
                          f"(latest phase-I checkpoint: {latest_step}, of {total_steps} steps)")
 
 
+# ---- the workdir: one run at a time, and its identity -----------------------------------------
+def lock_workdir(workdir: str):
+    """An exclusive lock on workdir/run.lock for this process's lifetime: a second run on the same
+    workdir (a resubmitted job, a typo in a queue) is refused, naming the holder, before it writes
+    anything. The OS drops the lock when its process ends, however it ends, so a killed run leaves
+    no stale lock. Returns the open lock file (closing it releases the lock), or None on a
+    filesystem without locks (some FUSE mounts), where runs are not guarded."""
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, "run.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"workdir {workdir} is in use by {holder}: one run per workdir (wait for it or stop "
+                         "it, or give another --workdir)") from None
+    except OSError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle
+
+
 # ---- the workdir: its identity -------------------------------------------------------------
 def is_finished(workdir: str | None) -> bool:
     """A workdir with results.json: the run is only reported (its phase1_from may be gone since)."""
@@ -189,25 +220,29 @@ def _changed_settings(config, saved: dict) -> list[str]:
             if before.get(key) != after.get(key)]
 
 
-def check_workdir(config, workdir: str, write: bool = True, is_main_process: bool = True) -> str | None:
-    """Writes config.json on a new workdir; refuses a workdir that holds checkpoints of another
-    configuration. A workdir with a config.json but nothing saved (a run stopped before its first
-    checkpoint) is taken over; returns a note saying so. A resume with other settings outside the
-    identity keys is allowed; returns a note naming them. `write=False` (dry runs) only checks."""
+def check_workdir(config, workdir: str) -> tuple[str | None, bool]:
+    """(note, fresh): refuses a workdir that holds checkpoints of another configuration. `fresh`:
+    nothing is saved there yet, so config.json is (re)written (write_config). A workdir with a
+    config.json but nothing saved (a run stopped before its first checkpoint) is taken over; the
+    note says so. A resume with other settings outside the identity keys is allowed; the note
+    names them. Reads only."""
     saved = saved_config(workdir)
     differing = None if saved is None else _identity_differences(config, saved)
     progress = saved is not None and holds_progress(workdir)
     if differing and progress:
         raise ValueError(f"workdir {workdir!r} holds checkpoints of a different configuration "
                          f"({', '.join(differing)}); use another --workdir")
-    if write and is_main_process and not progress:
-        os.makedirs(workdir, exist_ok=True)
-        files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     if differing:
-        return f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): " \
-               "taken over by this run"
+        return (f"workdir {workdir} held the configuration of a run that saved nothing ({'; '.join(differing)}): "
+                "taken over by this run"), True
     changed = _changed_settings(config, saved) if progress else []
     if changed:  # Allowed (a path, a log interval), but a recipe change mid-run must be visible.
         return (f"resuming {workdir} with {len(changed)} setting(s) other than its config.json "
-                f"(which keeps the first run's): {'; '.join(changed)}")
-    return None
+                f"(which keeps the first run's): {'; '.join(changed)}"), False
+    return None, not progress
+
+
+def write_config(config, workdir: str) -> None:
+    """config.json: the run's identity, kept by every resume (check_workdir compares against it)."""
+    os.makedirs(workdir, exist_ok=True)
+    files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))

@@ -54,6 +54,14 @@ class Context:
     conv_weight_grad: str               # "xla" or "taps": the form this machine runs faster.
     reporter: Reporter
     rng: jax.Array
+    lock: object = None                 # workdir/run.lock, held while the run lives (checks.lock_workdir).
+
+    def close(self) -> None:
+        """Closes the logs and releases the workdir for the next run."""
+        self.reporter.close()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     # ---- rows of the training set --------------------------------------------------------
     @property
@@ -196,10 +204,16 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool 
         compilation_cache_dir=jax.config.jax_compilation_cache_dir, log=notes.append)
     if config.init_from:  # Names and shapes against this backbone, before any disk work.
         pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), data.image_shape)
-    taken_over = None if workdir is None else checks.check_workdir(
-        config, workdir, write=not dry_run, is_main_process=jax.process_index() == 0)
-    if taken_over and not dry_run:
-        notes.append(taken_over)
+    if workdir is not None:
+        note, fresh = checks.check_workdir(config, workdir)
+        if not dry_run and jax.process_index() == 0:
+            context.lock = checks.lock_workdir(workdir)  # Before anything is written there.
+            if context.lock is None:
+                notes.append(f"note: {workdir}'s filesystem has no file locks: nothing stops a second run on it")
+            if fresh:
+                checks.write_config(config, workdir)
+        if note and not dry_run:
+            notes.append(note)
     context.reporter = Reporter(None if dry_run or workdir is None else workdir)
     if (config.method == "ldam_drw" and config.dataset == "cifar100_lt"
             and any(config.phase1[k] != v for k, v in config_utils.LDAM_DRW_CIFAR.items())):

@@ -41,6 +41,13 @@ def evaluator_of(ctx) -> evaluate.Evaluator:
 def execute(ctx: setup.Context) -> dict:
     """Runs (or resumes) the method in ctx's workdir and writes results.json; a finished workdir
     is only reported."""
+    try:
+        return _execute(ctx)
+    finally:
+        ctx.close()
+
+
+def _execute(ctx: setup.Context) -> dict:
     results_path = os.path.join(ctx.workdir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
@@ -60,7 +67,6 @@ def execute(ctx: setup.Context) -> dict:
         files.write_json(results_path, results)
     ctx.reporter.info(f"final test accuracy: {evaluate.summary(results)}"
                       + (f" [{ctx.data.note}]" if ctx.data.note else ""))
-    ctx.reporter.close()
     return results
 
 

@@ -48,3 +48,34 @@ def test_a_workdir_with_a_config_but_nothing_saved_is_taken_over(tmp_path, tiny_
     setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
     assert json.loads((workdir / "config.json").read_text())["memory"]["per_class"] == 3
     assert "taken over" in capsys.readouterr().out
+
+
+def test_one_run_per_workdir_and_a_killed_run_leaves_no_stale_lock(tmp_path, tiny_cifar):
+    """A second run on a workdir in use is refused before it writes anything, naming the first;
+    once the first is killed (SIGKILL: no clean-up of its own) the workdir is free again."""
+    import os
+    import subprocess
+    import sys
+
+    from asyncjax import setup
+    workdir = tmp_path / "wd"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom asyncjax import checks\nlock = checks.lock_workdir(sys.argv[1])\n"
+         "print('locked', flush=True)\ntime.sleep(600)", str(workdir)],
+        cwd=helpers.REPO, env=helpers.cli_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"workdir {re.escape(str(workdir))} is in use by pid {holder.pid} on "
+                                             r"host \S+ since .*: one run per workdir"):
+            setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
+        assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]  # No config.json, no logs.
+    finally:
+        holder.kill()
+        holder.wait()
+    ctx = setup.build(helpers.tiny_config(tiny_cifar), str(workdir))  # The killed holder left no lock.
+    assert (workdir / "run.lock").read_text().startswith(f"pid {os.getpid()} on host ")
+    assert (workdir / "config.json").exists()
+    with pytest.raises(ValueError, match=f"is in use by pid {os.getpid()} "):  # Also within one process.
+        setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
+    ctx.close()
+    setup.build(helpers.tiny_config(tiny_cifar), str(workdir)).close()  # Released by close().
