@@ -4,7 +4,8 @@ Each checkpoint holds two items: `state` (the TrainState pytree) and `meta`
 (JSON: class ranking, split point, memory bank, config, elapsed wall time).
 Orbax writes each step into a temporary directory and renames it when
 complete, so a process killed mid-write leaves the previous step intact and
-`latest_step` never returns a half-written one.
+`latest_step` never returns a half-written one. A step damaged afterwards (a disk
+fault, a file cut short) is set aside by the loop, which resumes from the one before.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class PhaseCheckpoints:
@@ -34,6 +36,24 @@ class PhaseCheckpoints:
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> str:
+        """Renames a step that cannot be restored to `<step>.damaged` (kept to look at, no longer a
+        step: the previous one becomes the latest, and the step can be written again)."""
+        source = os.path.join(self.directory, str(step))
+        target = f"{source}.damaged"
+        if jax.process_index() == 0:
+            suffix = 1
+            while os.path.exists(target):  # Damaged twice: keep both.
+                target, suffix = f"{source}.damaged{suffix}", suffix + 1
+            os.rename(source, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        self._manager.reload()
+        return target
 
     def save(self, step: int, state, meta: dict) -> None:
         self._manager.save(step, args=ocp.args.Composite(

@@ -194,10 +194,7 @@ def holds_progress(workdir: str) -> bool:
 def saved_config(workdir: str) -> dict | None:
     """workdir's config.json (None: there is none)."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return files.read_json(path) if os.path.exists(path) else None
 
 
 def _identity_differences(config, saved: dict) -> list[str]:

@@ -8,12 +8,11 @@ full = 200 (the paper's). The warm-up keeps the recipe's share of the epochs (5 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from asyncjax import config_utils, train
+from asyncjax import config_utils, files, train
 
 EPOCHS = {"short": 8, "medium": 30, "full": 200}
 
@@ -74,7 +73,4 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
 def trained_from(directory: str) -> str | None:
     """The phase1_from of a finished run in `directory` (None when unfinished or trained here)."""
     path = os.path.join(directory, "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("phase1_from")
+    return files.read_json(path).get("phase1_from") if os.path.exists(path) else None

@@ -74,12 +74,20 @@ def check_finite(phase: str, step: int, values: dict) -> None:
 
 
 def restore_or_init(ctx, spec: programs.PhaseSpec, built: programs.PhasePrograms, ckpt):
-    """(state, seconds trained before): the latest checkpoint, or the phase's first state."""
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, sharding.abstract(built.abstract_state, built.state_shardings))
-        if latest < built.total_steps:
-            ctx.reporter.info(f"{spec.name}: resuming from step {latest}/{built.total_steps}")
+    """(state, seconds trained before): the latest checkpoint that can be read (a damaged one is
+    set aside, said in the log, and the one before tried), or the phase's first state."""
+    abstract = sharding.abstract(built.abstract_state, built.state_shardings)
+    for step in reversed(ckpt.all_steps()):
+        try:
+            state, meta = ckpt.restore(step, abstract)
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the step is unreadable.
+            moved = ckpt.set_aside(step)
+            ctx.reporter.info(f"{spec.name}: checkpoint {step} cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); set aside as {moved}, "
+                              "resuming from the one before")
+            continue
+        if step < built.total_steps:
+            ctx.reporter.info(f"{spec.name}: resuming from step {step}/{built.total_steps}")
         return state, float(meta.get("elapsed_s", 0.0))
     state = built.init(*spec.init_inputs)
     if ctx.config.init_from and spec.name in ("phase1", "joint"):

@@ -30,14 +30,17 @@ TERMS = ("loss", "cls", "intra", "dis", "accuracy")
 
 
 def read_metrics(workdir: str) -> dict:
-    """{phase: {metric: ([steps], [values])}} from metrics.jsonl (nulls skipped)."""
+    """{phase: {metric: ([steps], [values])}} from metrics.jsonl (nulls and torn lines skipped)."""
     series = collections.defaultdict(lambda: collections.defaultdict(lambda: ([], [])))
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path!r} does not exist: is {workdir!r} a workdir of asyncjax.main?")
     with open(path) as f:
         for line in f:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # A line torn by a killed run (files.append_lines).
+                continue
             for key, value in record.items():
                 if key in ("phase", "step", "time") or value is None:
                     continue

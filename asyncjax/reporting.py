@@ -11,6 +11,8 @@ import time
 
 import jax
 
+from asyncjax import files
+
 
 def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0, seconds))))
@@ -25,8 +27,8 @@ class Reporter:
         self._tb = None
         if self.is_main and workdir is not None:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self._log = open(os.path.join(workdir, "log.txt"), "a")  # The printed lines, kept.
+            self._jsonl = files.append_lines(os.path.join(workdir, "metrics.jsonl"))
+            self._log = files.append_lines(os.path.join(workdir, "log.txt"))  # The printed lines, kept.
             try:
                 from tensorboardX import SummaryWriter
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -50,8 +50,7 @@ def execute(ctx: setup.Context) -> dict:
 def _execute(ctx: setup.Context) -> dict:
     results_path = os.path.join(ctx.workdir, "results.json")
     if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+        results = files.read_json(results_path)
         ctx.reporter.info(f"{ctx.workdir} is complete: {evaluate.summary(results)}")
         return results
     method = ctx.config.method

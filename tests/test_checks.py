@@ -79,3 +79,17 @@ def test_one_run_per_workdir_and_a_killed_run_leaves_no_stale_lock(tmp_path, tin
         setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
     ctx.close()
     setup.build(helpers.tiny_config(tiny_cifar), str(workdir)).close()  # Released by close().
+
+
+@pytest.mark.parametrize("name", ["config.json", "results.json"])
+def test_a_damaged_config_or_results_file_is_named(tmp_path, tiny_cifar, name):
+    """A hand-edited or cut-short config.json / results.json is refused in one line naming it,
+    not a traceback from the JSON parser."""
+    from asyncjax import checks, train
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    config = helpers.tiny_config(tiny_cifar)
+    (workdir / "config.json").write_text(checks.resolve(config).to_json())  # As a run writes it.
+    (workdir / name).write_text('{"overall": 44.1')  # Cut short.
+    with pytest.raises(ValueError, match=re.escape(f"{workdir / name} is not valid JSON")):
+        train.run(config, str(workdir))

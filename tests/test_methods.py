@@ -44,6 +44,21 @@ def test_atomic_writes_leave_the_file_whole_and_nothing_beside_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "t.md", "x.npz"]
 
 
+def test_a_log_torn_by_a_killed_run_reads_on(tmp_path):
+    """metrics.jsonl cut mid-line (a SIGKILL during a write): the resumed run starts on a line of its
+    own and the plot reads past the torn line."""
+    from asyncjax import files, plot
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"phase": "phase1", "step": 2, "loss": 4.0}\n{"phase": "phase1", "st')
+    with files.append_lines(str(path)) as handle:
+        handle.write('{"phase": "phase1", "step": 4, "loss": 3.0}\n')
+    assert path.read_text().splitlines()[1:] == ['{"phase": "phase1", "st', '{"phase": "phase1", "step": 4, "loss": 3.0}']
+    assert plot.read_metrics(str(tmp_path))["phase1"]["loss"] == ([2, 4], [4.0, 3.0])
+    with files.append_lines(str(path)) as handle:  # A whole last line is left as it is.
+        handle.write("x\n")
+    assert path.read_text().endswith('3.0}\nx\n')
+
+
 @pytest.mark.parametrize("overrides,devices,message", [
     ({"mesh.model": 3}, 4, "mesh.model=3 does not divide the 4 devices"),
     ({"phase1.batch_size": 6}, 4, "phase1.batch_size=6 is not divisible by the 4 data-parallel devices"),

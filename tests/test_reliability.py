@@ -441,3 +441,25 @@ def test_the_tests_compilation_cache_is_private(tmp_path):
         os.chown(theirs, 65534, 65534)
         with pytest.raises(RuntimeError, match="belongs to another user"):
             private_cache_dir(str(theirs))
+
+
+def test_a_damaged_latest_checkpoint_and_bank_fall_back_and_end_as_uninterrupted(tmp_path, tiny_cifar, uninterrupted):
+    """Phase II's latest checkpoint with its data files cut in half, and memory_bank.npz cut short
+    (a disk fault, a copy that stopped): the step is set aside (kept as <step>.damaged), the run
+    resumes from the one before, the bank is selected again, and it ends bitwise as uninterrupted."""
+    workdir = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, workdir)
+    (workdir / "results.json").unlink()
+    phase2 = workdir / "checkpoints" / "phase2"
+    latest = max(int(p.name) for p in phase2.iterdir() if p.name.isdigit())
+    for path in (phase2 / str(latest)).rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # The arrays' data.
+            path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    bank = workdir / "memory_bank.npz"
+    bank.write_bytes(bank.read_bytes()[:100])
+    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"phase2: checkpoint {latest} cannot be read" in result.stdout
+    assert f"memory bank: {bank} is damaged" in result.stdout
+    assert (phase2 / f"{latest}.damaged").is_dir()
+    _assert_same_run(workdir, uninterrupted, tmp_path)

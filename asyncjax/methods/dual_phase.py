@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -101,9 +102,14 @@ def memory_bank(ctx, evaluator, model1, state1) -> np.ndarray:
     save = lambda bank: files.save_npz(path, bank=bank, rank_to_class=ctx.split.rank_to_class)
     for candidate in (path, source):
         if candidate and os.path.exists(candidate):
-            with np.load(candidate, allow_pickle=False) as saved:
-                bank = saved["bank"]
-            if bank.shape[1] == ctx.config.memory.per_class:
+            try:
+                with np.load(candidate, allow_pickle=False) as saved:
+                    bank = saved["bank"]
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # Cut short, say.
+                ctx.reporter.info(f"memory bank: {candidate} is damaged ({type(e).__name__}: {e}); "
+                                  "selecting the exemplars again from the phase-I model")
+                continue
+            if bank.ndim == 2 and bank.shape[1] == ctx.config.memory.per_class:
                 if candidate == source and jax.process_index() == 0:
                     save(bank)
                 return bank
