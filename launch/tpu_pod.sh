@@ -42,13 +42,27 @@ if [[ $# -eq 0 ]]; then
   echo "launch/tpu_pod.sh: give asyncjax.main's arguments after --" >&2
   exit 2
 fi
+# The bucket's name goes into a command run with sudo on every worker: only the characters of a
+# Cloud Storage bucket name (lowercase letters, digits, '-', '_', '.'; a letter or digit at each
+# end; gcloud checks the rest), and quoted as well.
+if [[ ! "$bucket" =~ ^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$ ]]; then
+  echo "launch/tpu_pod.sh: --bucket=$bucket is not a Cloud Storage bucket name (lowercase letters, digits, '-', '_', '.')" >&2
+  exit 2
+fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 main_args=$(printf '%q ' "$@")
-tarball=/tmp/asyncjax-$$.tar.gz
+if [[ $dry_run -eq 1 ]]; then
+  tarball=/tmp/asyncjax-XXXXXXXXXX.tar.gz  # Named by mktemp when it runs.
+else
+  tarball=$(mktemp /tmp/asyncjax-XXXXXXXXXX.tar.gz)
+  trap 'rm -f "$tarball"' EXIT
+fi
+mount=$(printf '%q' "/mnt/$bucket")
+quoted_bucket=$(printf '%q' "$bucket")
 remote_setup="set -e; mkdir -p ~/asyncjax && tar -xzf ~/asyncjax.tar.gz -C ~/asyncjax && cd ~/asyncjax && \
 python3 -m venv .venv && . .venv/bin/activate && pip install -q -e . 'jax[tpu]>=0.10,<0.12' && \
-sudo mkdir -p /mnt/$bucket && (mountpoint -q /mnt/$bucket || sudo gcsfuse --implicit-dirs -o allow_other $bucket /mnt/$bucket)"
+sudo mkdir -p $mount && (mountpoint -q $mount || sudo gcsfuse --implicit-dirs -o allow_other $quoted_bucket $mount)"
 remote_run="cd ~/asyncjax && . .venv/bin/activate && python -m asyncjax.main --multihost $main_args"
 
 run() {
@@ -62,7 +76,7 @@ run() {
 if [[ $create -eq 1 ]]; then
   run gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$accelerator" --version="$version"
 fi
-run tar -czf "$tarball" -C "$repo" --exclude=.venv --exclude=.git --exclude=workdirs --exclude=runs .
+run tar -czf "$tarball" -C "$repo" --exclude=.venv --exclude=.git --exclude=workdirs --exclude=runs --exclude=carry .
 run gcloud compute tpus tpu-vm scp "$tarball" "$name:~/asyncjax.tar.gz" --zone="$zone" --worker=all
 run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$remote_setup"
 run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$remote_run"

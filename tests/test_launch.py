@@ -60,3 +60,25 @@ def test_tpu_pod_dry_run():
 def test_help(script):
     result = run(script, "--help")
     assert result.returncode == 0 and "asyncjax" in result.stdout
+
+
+def test_tpu_pod_refuses_a_bucket_that_is_not_a_name_and_quotes_the_one_it_takes(tmp_path):
+    """--bucket goes into a command run with sudo on every worker: anything but a bucket name is
+    refused, and a real launch (a stand-in gcloud recording its arguments) uses a mktemp tarball,
+    removed on exit, not one named by the process id."""
+    import re
+    bad = run("launch/tpu_pod.sh", "--dry-run", "--name=t1", "--zone=z1", "--bucket=b1; rm -rf ~", "--", "--workdir=x")
+    assert bad.returncode == 2 and "is not a Cloud Storage bucket name" in bad.stderr and not bad.stdout
+    fake, log = tmp_path / "bin", tmp_path / "gcloud.log"
+    fake.mkdir()
+    (fake / "gcloud").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n')
+    (fake / "gcloud").chmod(0o755)
+    result = subprocess.run(["launch/tpu_pod.sh", "--name=t1", "--zone=z1", "--bucket=my.bucket_1", "--",
+                             "--workdir=/mnt/my.bucket_1/w"], cwd=helpers.REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text()
+    tarball = re.search(r"tpu-vm scp (\S+) ", calls).group(1)
+    assert re.fullmatch(r"/tmp/asyncjax-\w{10}\.tar\.gz", tarball), tarball
+    assert not os.path.exists(tarball)  # Removed on exit.
+    assert "sudo gcsfuse --implicit-dirs -o allow_other my.bucket_1 /mnt/my.bucket_1" in calls
