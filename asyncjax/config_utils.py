@@ -107,6 +107,7 @@ def common_config() -> ml_collections.ConfigDict:
         list_dir="",                    # source=list: folder of the split lists (e.g. ImageNet_LT_train.txt).
         root="",                        # source=list: folder the lists' image paths are relative to.
         check_files=True,               # source=list: check that every listed image exists, up front.
+        allow_outside_root=False,       # Split lists: accept paths outside data.root (absolute, or '..').
         workers=8,                      # grain worker processes that read, decode and crop (0: in-process).
         image_size=224,                 # Training crop and evaluation centre crop.
         resize_size=256,                # Evaluation: shorter side resized to this before the centre crop.

@@ -36,6 +36,38 @@ def test_malformed_line_names_file_and_line(tmp_path):
         sources.ListFolderSource(path, str(tmp_path / "images"))
 
 
+@pytest.mark.parametrize("line,message", [
+    ("../../etc/passwd 0", r"Places_LT_val.txt:4: '../../etc/passwd' is outside --config.data.root"),
+    ("/etc/passwd 0", r"Places_LT_val.txt:4: '/etc/passwd' is outside --config.data.root"),
+    ("class_3/../../x.jpg 0", r"Places_LT_val.txt:4: 'class_3/../../x.jpg' is outside"),
+    ("class_3/img_3.jpg 99999999999", r"Places_LT_val.txt:4: label 99999999999 is above 1,000,000"),
+])
+def test_hostile_list_lines_are_refused_naming_the_line(tmp_path, line, message):
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "Places_LT_val.txt")
+    _rewrite_line(path, 4, line)
+    with pytest.raises(ValueError, match=message):
+        sources.ListFolderSource(path, str(tmp_path / "images"))
+
+
+def test_paths_with_spaces_outside_root_on_request_and_non_utf8_lists(tmp_path):
+    images = tmp_path / "images"
+    path = write_jpeg_folder(images, tmp_path / "lists", "Places_LT_val.txt")
+    os.rename(images / "class_3" / "img_3.jpg", images / "class_3" / "img 3 copy.jpg")
+    _rewrite_line(path, 4, "class_3/img 3 copy.jpg 3")  # The label is the last field.
+    source = sources.ListFolderSource(path, str(images))
+    assert source.paths[3].endswith("class_3/img 3 copy.jpg") and source.labels[3] == 3
+    outside = tmp_path / "elsewhere.jpg"
+    os.rename(images / "class_4" / "img_4.jpg", outside)
+    _rewrite_line(path, 5, f"{outside} 4")  # Absolute: accepted only when asked for.
+    with pytest.raises(ValueError, match="is outside"):
+        sources.ListFolderSource(path, str(images))
+    assert sources.ListFolderSource(path, str(images), allow_outside_root=True).paths[4] == str(outside)
+    with open(path, "ab") as f:
+        f.write(b"class_0/caf\xe9.jpg 0\n")  # Latin-1, not UTF-8.
+    with pytest.raises(ValueError, match=r"Places_LT_val.txt: not UTF-8 text \(invalid continuation byte"):
+        sources.ListFolderSource(path, str(images), allow_outside_root=True)
+
+
 def test_missing_image_and_missing_list(tmp_path):
     path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "iNaturalist18_train.txt")
     os.remove(tmp_path / "images" / "class_1" / "img_6.jpg")

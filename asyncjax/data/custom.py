@@ -58,18 +58,19 @@ def scan_folder(split_dir: str, class_names: list[str] | None = None) -> tuple[l
     return paths, np.asarray(labels, np.int64), found
 
 
-def read_list(list_path: str, root: str) -> tuple[list[str], np.ndarray]:
+def read_list(list_path: str, root: str, allow_outside_root: bool = False) -> tuple[list[str], np.ndarray]:
     """A `relative/path label` list over `root` (sources.read_split_list: names the file and
     line of a malformed line, a non-integer or negative label, or a missing image)."""
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"split list {list_path} does not exist")
-    return sources.read_split_list(list_path, root, check_files=True, verify_checksum=False)
+    return sources.read_split_list(list_path, root, check_files=True, verify_checksum=False,
+                                   allow_outside_root=allow_outside_root)
 
 
 def _first_line_with(list_path: str, label: int) -> int:
     with open(list_path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
-            parts = line.split()
+            parts = line.rsplit(None, 1)
             if len(parts) == 2 and parts[1] == str(label):
                 return number
     return 0
@@ -119,7 +120,7 @@ def _splits_from_files(data_config) -> tuple[dict, dict, list[str], str]:
     resolve = lambda p: p if os.path.isabs(p) or os.path.exists(p) else os.path.join(root, p)
     for split, path in lists.items():
         if path:
-            paths[split], labels[split] = read_list(resolve(path), root)
+            paths[split], labels[split] = read_list(resolve(path), root, data_config.allow_outside_root)
     num_classes = int(labels["train"].max()) + 1
     present = np.bincount(labels["train"], minlength=num_classes)
     if (present == 0).any():

@@ -92,7 +92,8 @@ def make_source(name: str, split: str, data_config):
             raise ValueError(f"data.source=list needs --config.data.list_dir (the folder holding "
                              f"{spec['lists'][split]}) and --config.data.root (the image folder)")
         return sources.ListFolderSource(os.path.join(data_config.list_dir, spec["lists"][split]),
-                                        data_config.root, check_files=data_config.check_files)
+                                        data_config.root, check_files=data_config.check_files,
+                                        allow_outside_root=data_config.allow_outside_root)
     raise ValueError(f"unknown data.source {data_config.source!r}; choose 'tfds' or 'list'")
 
 

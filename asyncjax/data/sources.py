@@ -46,13 +46,29 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def read_split_list(list_path: str, root: str, check_files: bool = True,
-                    verify_checksum: bool = True) -> tuple[list[str], np.ndarray]:
-    """Parses a `path label` split list; returns (absolute image paths, labels).
+# Labels are class ids from 0: anything this large is a typo or a hostile list, refused before
+# an array of that many classes is sized by it (iNaturalist 2021 has 10,000 classes).
+MAX_LABEL = 1_000_000
 
-    Every problem names the file and, where there is one, the line: a missing list
-    (with where to get it), a checksum that differs from the published one, a
-    malformed line, a negative label, or an image the list names that is not in `root`.
+
+def _inside(root: str, relative: str) -> bool:
+    """`relative` names a file under `root` (lexically: no absolute path, no '..' climbing out;
+    images symlinked from elsewhere into root stay allowed)."""
+    if os.path.isabs(relative):
+        return False
+    normal = os.path.normpath(relative)
+    return normal != ".." and not normal.startswith(".." + os.sep)
+
+
+def read_split_list(list_path: str, root: str, check_files: bool = True, verify_checksum: bool = True,
+                    allow_outside_root: bool = False) -> tuple[list[str], np.ndarray]:
+    """Parses a `path label` split list (the label is the last field, so paths may hold spaces);
+    returns (absolute image paths, labels).
+
+    Every problem names the file and, where there is one, the line: a missing list (with where to
+    get it), a checksum that differs from the published one, text that is not UTF-8, a malformed
+    line, a negative label or one above MAX_LABEL, a path outside `root` (absolute, or climbing out
+    with '..'; `allow_outside_root` accepts it), or an image the list names that does not exist.
     """
     name = os.path.basename(list_path)
     if not os.path.isfile(list_path):
@@ -64,24 +80,35 @@ def read_split_list(list_path: str, root: str, check_files: bool = True,
         if actual != expected:
             raise ValueError(f"{list_path}: SHA-256 {actual} differs from the published {expected} "
                              f"(TFDS url_checksums for {name}); the file is corrupt or another version")
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{list_path}: not UTF-8 text ({e.reason} at byte {e.start}): a split list is "
+                         "'relative/path label' lines in UTF-8") from None
     paths, labels = [], []
-    with open(list_path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            parts = text.split()
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{list_path}:{line_number}: expected 'relative/path.jpg label', got {text!r}")
-            label = int(parts[1])
-            if label < 0:
-                raise ValueError(f"{list_path}:{line_number}: negative label {label}")
-            path = os.path.join(root, parts[0])
-            if check_files and not os.path.isfile(path):
-                raise FileNotFoundError(f"{list_path}:{line_number}: image {path} does not exist "
-                                        f"(is --config.data.root the folder the list's paths are relative to?)")
-            paths.append(path)
-            labels.append(label)
+    for line_number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        parts = text.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"{list_path}:{line_number}: expected 'relative/path.jpg label', got {text!r}")
+        relative, label = parts[0], int(parts[1])
+        if label < 0:
+            raise ValueError(f"{list_path}:{line_number}: negative label {label}")
+        if label > MAX_LABEL:
+            raise ValueError(f"{list_path}:{line_number}: label {label} is above {MAX_LABEL:,} "
+                             "(labels are class ids 0..C-1)")
+        if not allow_outside_root and not _inside(root, relative):
+            raise ValueError(f"{list_path}:{line_number}: {relative!r} is outside --config.data.root ({root}); "
+                             "paths are relative to it (--config.data.allow_outside_root=True to accept)")
+        path = os.path.join(root, relative)
+        if check_files and not os.path.isfile(path):
+            raise FileNotFoundError(f"{list_path}:{line_number}: image {path} does not exist "
+                                    f"(is --config.data.root the folder the list's paths are relative to?)")
+        paths.append(path)
+        labels.append(label)
     if not paths:
         raise ValueError(f"{list_path}: the split list is empty")
     return paths, np.asarray(labels, np.int64)
@@ -90,9 +117,10 @@ def read_split_list(list_path: str, root: str, check_files: bool = True,
 class ListFolderSource:
     """Records of a split list over an image folder; images stay encoded bytes."""
 
-    def __init__(self, list_path: str, root: str, check_files: bool = True, verify_checksum: bool = True):
+    def __init__(self, list_path: str, root: str, check_files: bool = True, verify_checksum: bool = True,
+                 allow_outside_root: bool = False):
         self.list_path = list_path
-        self.paths, self.labels = read_split_list(list_path, root, check_files, verify_checksum)
+        self.paths, self.labels = read_split_list(list_path, root, check_files, verify_checksum, allow_outside_root)
 
     def __len__(self) -> int:
         return len(self.paths)
