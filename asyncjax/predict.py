@@ -62,12 +62,13 @@ def prepare(paths, config, image_shape=None) -> np.ndarray:
     of small images: resized to the training images' `image_shape`)."""
     from PIL import Image
 
-    from asyncjax.data import transforms
+    from asyncjax.data import image_files, transforms
+    image_files.set_pixel_limit(config.data.get("max_image_pixels", 0))
     images = []
     for path in paths:
         try:
-            with Image.open(path) as picture:
-                picture = picture.convert("RGB")
+            with image_files.open_image(path) as picture:  # A decompression bomb is refused, named.
+                picture = transforms.to_rgb(picture)  # EXIF orientation, 16-bit, CMYK: as in training.
                 small = image_shape is not None and max(image_shape[:2]) <= config.data.get("small_max_side", 0)
                 if config.dataset == "cifar100_lt":
                     images.append(np.asarray(picture.resize((32, 32), Image.BILINEAR), np.uint8))
@@ -77,6 +78,8 @@ def prepare(paths, config, image_shape=None) -> np.ndarray:
                 else:
                     images.append(transforms.eval_transform(picture, config.data.image_size,
                                                             config.data.resize_size))
+        except image_files.TooManyPixels:
+            raise
         except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not an image PIL can read ({e})") from e
     return np.stack(images)

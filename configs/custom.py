@@ -32,6 +32,7 @@ def get_config(arg=None):
         # class (0: none, monitoring off). kind=tfds: from the images the long-tailed subset leaves out.
         val_per_class=20 if arg.kind == "tfds" else 0,
         allow_overlap=False,        # Accept the same image in two splits.
+        max_image_pixels=0,         # Refuse images of more pixels (0: Pillow's 89,478,485; decompression bombs).
         small_max_side=64,          # Images at most this many px on the longer side: held in memory.
         workers=2,
     ))

@@ -266,3 +266,61 @@ def test_a_streamed_image_cut_short_after_its_header_is_named_when_decoded(tmp_p
     assert not data.small
     with pytest.raises(ValueError, match=r"class_1/2\.jpg: unreadable or truncated image"):
         list(data.train_images.batches([np.arange(len(data.train_labels))], training=True, key=(0, 1, 0)))
+
+
+def test_images_are_decoded_as_meant_to_be_seen(tmp_path):
+    """EXIF orientation applied (a phone photo stored sideways), 16-bit scaled not clipped, CMYK
+    converted: the same transforms.to_rgb in training, evaluation and predict."""
+    from PIL import Image
+
+    from asyncjax.data import image_files, transforms
+    wide = Image.new("RGB", (20, 10), (200, 30, 30))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display.
+    wide.save(tmp_path / "sideways.jpg", exif=exif)
+    with Image.open(tmp_path / "sideways.jpg") as opened:
+        assert transforms.to_rgb(opened).size == (10, 20)
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520.
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as opened:
+        pixels = np.asarray(transforms.to_rgb(opened))
+    np.testing.assert_array_equal(pixels[..., 0], ramp >> 8)  # Pillow's own convert clips to 255.
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "print.jpg")
+    images, _ = image_files.decode_all([str(tmp_path / "print.jpg")], None)
+    assert images.shape == (1, 8, 8, 3) and images[0, 0, 0, 0] > 200 and images[0, 0, 0, 1] < 60  # Red.
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file_and_the_limit(tmp_path):
+    from PIL import Image
+
+    from asyncjax.data import image_files
+    Image.new("L", (40, 40)).save(tmp_path / "big.png")
+    Image.new("L", (100, 100)).save(tmp_path / "bigger.png")  # Past twice the limit: Pillow's own error.
+    try:
+        assert image_files.set_pixel_limit(1000) == 1000
+        for name, pixels in (("big.png", "40 x 40 = 1,600 pixels"), ("bigger.png", "10000 pixels")):
+            with pytest.raises(image_files.TooManyPixels, match=rf"{name}: .*{pixels}.*above data.max_image_pixels = 1,000"):
+                image_files.decode_all([str(tmp_path / name)], None)
+            with pytest.raises(image_files.TooManyPixels, match=name):
+                image_files.check_headers([str(tmp_path / name)])
+    finally:
+        image_files.set_pixel_limit(0)
+    assert image_files.decode_all([str(tmp_path / "bigger.png")], None)[0].shape == (1, 100, 100, 3)
+
+
+def test_hidden_files_and_other_types_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    from asyncjax.data import custom
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / name / "x.png")
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "train" / "a" / "._x.png").write_bytes(b"macOS resource fork, not an image")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "b" / "scan.tif").write_bytes(b"II*\0")
+    lines = []
+    paths, labels, names = custom.scan_folder(str(tmp_path / "train"), log=lines.append)
+    assert names == ["a", "b"] and [os.path.basename(p) for p in paths] == ["x.png", "x.png"]
+    assert any("2 hidden file(s) or folder(s) skipped (.ipynb_checkpoints, a/._x.png)" in line for line in lines)
+    assert any("2 file(s) of other types skipped: 1 .tif, 1 .txt" in line for line in lines), lines

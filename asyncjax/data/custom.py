@@ -20,12 +20,14 @@ raised before anything is written to the workdir.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 
 import numpy as np
 
 from asyncjax.data import sources
+from asyncjax.data import image_files
 from asyncjax.data.image_files import IMAGE_EXTENSIONS, check_headers, decode_all, probe_sizes, rgb
 from asyncjax.data.longtail import LongTailData, carve_validation, long_tailed_subset
 from asyncjax.data.pipeline import InMemoryImages, streaming_tables
@@ -34,12 +36,17 @@ KINDS = ("folder", "lists", "tfds")
 
 
 # ---- reading the splits ------------------------------------------------------------------
-def scan_folder(split_dir: str, class_names: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+def scan_folder(split_dir: str, class_names: list[str] | None = None,
+                log=print) -> tuple[list[str], np.ndarray, list[str]]:
     """(image paths, labels, class names) of one split in the class-folder layout. With
-    `class_names` (train's), the split's class folders must be exactly those."""
+    `class_names` (train's), the split's class folders must be exactly those. Hidden files and
+    folders (.ipynb_checkpoints, macOS's ._x.jpg) are skipped, and files of other types named: both
+    counted in the log, never dropped silently."""
     if not os.path.isdir(split_dir):
         raise FileNotFoundError(f"{split_dir} does not exist (expected {split_dir}/CLASS_NAME/image.jpg)")
-    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    hidden = [d for d in os.listdir(split_dir) if d.startswith(".")]
+    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+                   and not d.startswith("."))
     if not found:
         raise ValueError(f"{split_dir} holds no class folders (expected {split_dir}/CLASS_NAME/image.jpg)")
     if class_names is not None and found != class_names:
@@ -47,14 +54,26 @@ def scan_folder(split_dir: str, class_names: list[str] | None = None) -> tuple[l
         raise ValueError(f"{split_dir}: its class folders differ from train's: "
                          + "; ".join(part for part in (f"missing {missing[:5]}" if missing else "",
                                                        f"not in train {extra[:5]}" if extra else "") if part))
-    paths, labels = [], []
+    paths, labels, others = [], [], collections.Counter()
     for label, name in enumerate(found):
         folder = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        entries = os.listdir(folder)
+        hidden += [os.path.join(name, f) for f in entries if f.startswith(".")]
+        files = sorted(f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        others.update(os.path.splitext(f)[1].lower() or "(no extension)" for f in entries
+                      if not f.startswith(".") and not f.lower().endswith(IMAGE_EXTENSIONS)
+                      and os.path.isfile(os.path.join(folder, f)))
         if not files:
             raise ValueError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         paths += [os.path.join(folder, f) for f in files]
         labels += [label] * len(files)
+    if hidden:
+        log(f"data: {split_dir}: {len(hidden)} hidden file(s) or folder(s) skipped ({', '.join(sorted(hidden)[:3])}"
+            f"{', ...' if len(hidden) > 3 else ''})")
+    if others:
+        log(f"data: {split_dir}: {sum(others.values())} file(s) of other types skipped: "
+            + ", ".join(f"{n} {ext}" for ext, n in sorted(others.items()))
+            + f" (images are {', '.join(IMAGE_EXTENSIONS)})")
     return paths, np.asarray(labels, np.int64), found
 
 
@@ -102,17 +121,17 @@ def check_overlap(splits: dict, keys: dict, allow: bool) -> None:
 
 
 # ---- the three kinds ---------------------------------------------------------------------
-def _splits_from_files(data_config) -> tuple[dict, dict, list[str], str]:
+def _splits_from_files(data_config, log=print) -> tuple[dict, dict, list[str], str]:
     """{split: paths}, {split: labels}, class names and where they came from (folder / lists)."""
     kind, root = data_config.kind, data_config.root
     if not root:
         raise ValueError(f"kind={kind} needs --config.data.root (the folder of the images)")
     paths, labels = {}, {}
     if kind == "folder":
-        paths["train"], labels["train"], names = scan_folder(os.path.join(root, "train"))
+        paths["train"], labels["train"], names = scan_folder(os.path.join(root, "train"), log=log)
         for split in ("val", "test"):
             if os.path.isdir(os.path.join(root, split)):
-                paths[split], labels[split], _ = scan_folder(os.path.join(root, split), names)
+                paths[split], labels[split], _ = scan_folder(os.path.join(root, split), names, log=log)
         return paths, labels, names, root
     lists = {"train": data_config.train_list, "val": data_config.val_list, "test": data_config.test_list}
     if not lists["train"]:
@@ -141,7 +160,7 @@ def _splits_from_files(data_config) -> tuple[dict, dict, list[str], str]:
 
 def load_files(data_config, log=print):
     """LongTailData of kind=folder or kind=lists."""
-    paths, labels, names, origin = _splits_from_files(data_config)
+    paths, labels, names, origin = _splits_from_files(data_config, log)
     note = ""
     if "val" not in paths and data_config.val_per_class > 0:
         keep, val = carve_validation(labels["train"], data_config.val_per_class, data_config.subsample_seed)
@@ -272,6 +291,7 @@ class _Subset:
 def load(data_config, log=print):
     if data_config.kind not in KINDS:
         raise ValueError(f"data.kind must be one of {KINDS}, got {data_config.kind!r}")
+    image_files.set_pixel_limit(data_config.get("max_image_pixels", 0))
     data = load_tfds(data_config, log) if data_config.kind == "tfds" else load_files(data_config, log)
     if data.num_classes < 2:
         raise ValueError(f"{data_config.root or data_config.name}: a single class ({data.class_names}); "

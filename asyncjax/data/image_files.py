@@ -1,24 +1,60 @@
 """Image files of your own data: sizes from their headers, headers checked up front, every image
-decoded to uint8 RGB (in-memory path). A file that cannot be read is named with how many more."""
+decoded to uint8 RGB (in-memory path; transforms.to_rgb: EXIF orientation, 16-bit, CMYK). A file
+that cannot be read is named with how many more; one of more pixels than data.max_image_pixels (a
+decompression bomb: a small file that decodes to gigabytes) is refused naming it and the limit."""
 from __future__ import annotations
 
 import collections
+import warnings
 
 import numpy as np
 
+from asyncjax.data import transforms
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PROBE = 256  # Training images whose size decides between the in-memory and the streaming path.
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own limit (about 9,459 x 9,459), the default of data.max_image_pixels.
+
+
+class TooManyPixels(ValueError):
+    """An image over data.max_image_pixels: refused at once, not collected with the unreadable ones."""
+
+
+def set_pixel_limit(max_pixels: int) -> int:
+    """Pillow's decompression-bomb limit for this process (0: the default); returns it."""
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = max_pixels or DEFAULT_MAX_PIXELS
+    return Image.MAX_IMAGE_PIXELS
+
+
+def open_image(path: str):
+    """The PIL image of `path`, its header read (nothing decoded yet). One of more pixels than the
+    limit (set_pixel_limit) is a ValueError naming the file, its size and the limit."""
+    from PIL import Image
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():  # Pillow warns between 1x and 2x its limit: refused below instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise TooManyPixels(f"{path}: {str(e).split(' could be')[0]}, above data.max_image_pixels = {limit:,} "
+                             "(a decompression bomb?); raise --config.data.max_image_pixels to accept it") from None
+    if limit and image.width * image.height > limit:
+        width, height = image.size
+        image.close()
+        raise TooManyPixels(f"{path}: {width} x {height} = {width * height:,} pixels, above data.max_image_pixels = "
+                         f"{limit:,} (a decompression bomb?); raise --config.data.max_image_pixels to accept it")
+    return image
 
 
 def probe_sizes(paths: list[str]) -> list[tuple[int, int]]:
     """(width, height) from the headers of up to PROBE evenly spaced images (nothing decoded;
     unreadable ones are skipped here and named by decode_all / check_headers)."""
-    from PIL import Image
     picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE, len(paths))).astype(int))
     sizes = []
     for i in picks:
         try:
-            with Image.open(paths[i]) as image:
+            with open_image(paths[i]) as image:
                 sizes.append(image.size)
         except (OSError, ValueError, SyntaxError):
             continue
@@ -37,12 +73,13 @@ def refuse_unreadable(bad: list) -> None:
 def check_headers(paths: list[str]) -> None:
     """Every image's header read (the streaming path decodes in its workers, later): files PIL
     cannot open are named up front. A file cut short after its header surfaces when it is decoded."""
-    from PIL import Image
     bad = []
     for path in paths:
         try:
-            with Image.open(path):
+            with open_image(path):
                 pass
+        except TooManyPixels:
+            raise
         except (OSError, ValueError, SyntaxError) as e:
             bad.append((path, e))
     refuse_unreadable(bad)
@@ -55,9 +92,11 @@ def decode_all(paths: list[str], size: tuple[int, int] | None, log=print) -> tup
     images, bad = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()  # A truncated file fails here, not at open.
-                images.append(image.convert("RGB"))
+                images.append(transforms.to_rgb(image))
+        except TooManyPixels:
+            raise
         except (OSError, ValueError, SyntaxError) as e:
             bad.append((path, e))
     refuse_unreadable(bad)

@@ -14,14 +14,25 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as RGB, the way it is meant to be seen: its EXIF orientation applied (phone
+    photos are stored sideways), 16-bit images scaled to 8 bits (not clipped to white), CMYK,
+    palette, grayscale and alpha converted. Training, evaluation and predict all decode through here."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grayscale (PNG, TIFF).
+        array = np.clip(np.asarray(image, np.int64), 0, 65535) >> 8
+        image = Image.fromarray(array.astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def decode(image) -> Image.Image:
-    """Encoded bytes (JPEG/PNG) or a uint8 HxWx{1,3} array -> an RGB PIL image."""
+    """Encoded bytes (JPEG/PNG) or a uint8 HxWx{1,3} array -> an RGB PIL image (to_rgb)."""
     if isinstance(image, (bytes, bytearray)):
         with Image.open(io.BytesIO(image)) as opened:
-            return opened.convert("RGB")
+            return to_rgb(opened)
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
