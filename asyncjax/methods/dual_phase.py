@@ -71,9 +71,12 @@ def plan(ctx) -> list[tuple[programs.PhaseSpec, programs.PhasePrograms]]:
     spec1 = phase1_spec(ctx)
     built1 = programs.build(ctx, spec1)
     state1 = sharding.abstract(built1.abstract_state, built1.state_shardings)
-    k = ctx.config.memory.per_class
-    bank = [np.flatnonzero(ctx.train_labels == j)[:k] for j in range(ctx.split.num_head)]
-    rows2 = np.sort(np.concatenate([ctx.tail_rows, *bank]))
+    # The first min(K, n_j) rows of each head class: a bank's count and labels (all that sizes phase II).
+    head = ctx.head_rows
+    labels = ctx.train_labels[head]
+    order = np.argsort(labels, kind="stable")
+    rank = np.arange(len(order)) - np.searchsorted(labels[order], labels[order])  # Position within its class.
+    rows2 = np.sort(np.concatenate([ctx.tail_rows, head[order[rank < ctx.config.memory.per_class]]]))
     imprint = None
     if ctx.config.phase2_init == "imprint":
         imprint = jax.ShapeDtypeStruct((state1.params["head"]["kernel"].shape[0], ctx.split.num_tail), jnp.float32)
