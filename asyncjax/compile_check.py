@@ -221,6 +221,8 @@ def compile_one(fn, args, static, mesh):
 
 def check(config, topology: str, peak_share: float = 0.4, wanted=None, log=print) -> dict:
     """Compiles every program for `topology`; returns the report (the JSON line's object)."""
+    import jax
+
     from asyncjax import hardware
     if not 0 < peak_share <= 1:
         raise ValueError(f"--peak_share must be in (0, 1], got {peak_share}")
@@ -237,7 +239,10 @@ def check(config, topology: str, peak_share: float = 0.4, wanted=None, log=print
               "num_classes": facts["num_classes"], "num_head": facts["num_head"],
               "conv_weight_grad": facts["conv_weight_grad"],
               "head_state_bytes_per_chip": facts["head_state_bytes_per_chip"],
-              "host_cpu": hardware.cpu_model(), "programs": {}}
+              "host_cpu": hardware.cpu_model(), "programs": {},
+              # JAX_OPTIMIZATION_LEVEL (UNKNOWN: XLA's default, what a run gets); a lower level
+              # compiles several times faster but its memory figures are not a run's.
+              "optimization_level": str(jax.config.jax_optimization_level)}
     if "note" in facts:
         report["note"] = facts["note"]
     for name, (fn, args, static) in programs.items():
@@ -268,6 +273,9 @@ def table(report: dict) -> str:
     heads = ", ".join(f"{k} {v / (1 << 20):,.1f} MiB" for k, v in report["head_state_bytes_per_chip"].items())
     lines.append(f"\nClassifier parameters and optimiser moments per chip: {heads} (mesh.model = "
                  f"{report['mesh']['model']}).")
+    if report.get("optimization_level", "UNKNOWN") != "UNKNOWN":
+        lines.append(f"Compiled at JAX_OPTIMIZATION_LEVEL={report['optimization_level']}: FLOPs as a run's, memory "
+                     "figures not (unset it for those).")
     return "\n".join(lines)
 
 

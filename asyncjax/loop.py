@@ -14,12 +14,14 @@ batches as an uninterrupted one and ends with the same parameters.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from asyncjax import checkpointing, cli, optim, pretrained, programs, sharding
 from asyncjax.methods import PHASE_IDS
@@ -34,19 +36,45 @@ class TrainingDiverged(FloatingPointError):
 
 
 class StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints after the current step and stops."""
+    """SIGTERM / SIGINT ask the run to stop; `requested()`, called once after every step on every
+    process, says after which step: the same step on every process.
+
+    One process: a Python handler sets a flag, and the loop stops after the current step.
+    Several processes (jax.distributed): the hosts of a pod receive SIGTERM at slightly different
+    steps, and a process that stopped alone would leave the others waiting in the next step's
+    collective (and the checkpoint's barrier) until a timeout killed the job without a checkpoint.
+    There JAX's preemption service, installed by jax.distributed.initialize, notices SIGTERM on any
+    process and agrees on a call that every process reaches
+    (multihost_utils.reached_preemption_sync_point); SIGINT is passed on to it as SIGTERM.
+    """
 
     def __init__(self):
         self.signal = None
         self._previous = {}
+        self._calls = 0  # requested() calls, the same sequence on every process: the sync point's id
+        self.agreed = False
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self.agreed = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+        # Across processes SIGTERM stays with JAX's own handler (a Python one would replace it).
+        for sig in (signal.SIGINT,) if self.agreed else (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+        if self.agreed:
+            os.kill(os.getpid(), signal.SIGTERM)  # To JAX's preemption notifier.
+
+    def requested(self) -> bool:
+        """Whether to checkpoint and stop now (after the step just taken)."""
+        if not self.agreed:
+            return self.signal is not None
+        self._calls += 1
+        if multihost_utils.reached_preemption_sync_point(self._calls):
+            self.signal = self.signal or "SIGTERM"  # Received here, or on another process.
+            return True
+        return False
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -206,20 +234,32 @@ def train_phase(ctx, spec: programs.PhaseSpec, evaluator, stop: StopFlag):
     started = time.time()
     step_number = int(state.step)
     progress = Progress(ctx, spec.name, recipe, total, step_number)
+
+    def save(done, state, metrics):
+        # Never write a checkpoint of a diverged model: the last good one stays the latest.
+        # A step's loss can be finite while its update overflowed the parameters.
+        check_finite(spec.name, done, {**jax.device_get(metrics), "parameters": float(_all_finite(state.params))})
+        ckpt.save(done, state, ctx.meta(elapsed_s=elapsed_before + time.time() - started, **spec.meta_extra))
+
     try:
         while step_number < total:
             epoch = step_number // sampler.steps_per_epoch
             state, metrics, steps_now = dispatch(state, rng, step_number)
             progress.add(metrics)
             step_number = done = step_number + steps_now
-            if due(done, config.log_every_steps, total) or stop.signal:
+            logged = due(done, config.log_every_steps, total)
+            if logged:
                 progress.log(epoch, done)
-            if due(done, config.checkpoint_every_steps, total) or stop.signal:
-                # Never write a checkpoint of a diverged model: the last good one stays the latest.
-                # A step's loss can be finite while its update overflowed the parameters.
-                check_finite(spec.name, done, {**jax.device_get(metrics), "parameters": float(_all_finite(state.params))})
-                ckpt.save(done, state, ctx.meta(elapsed_s=elapsed_before + time.time() - started, **spec.meta_extra))
-            if stop.signal:
+            saved = due(done, config.checkpoint_every_steps, total)
+            if saved:
+                save(done, state, metrics)
+            # After the step's own log line and checkpoint: a signal that came during them still
+            # stops the run after this step.
+            if stop.requested():
+                if not logged:
+                    progress.log(epoch, done)
+                if not saved:
+                    save(done, state, metrics)
                 raise Interrupted(f"{stop.signal} received: stopped {spec.name} after step {done}/{total} "
                                   f"with a checkpoint; run the same command again to resume")
             if done % sampler.steps_per_epoch == 0 and (epoch + 1) % config.eval_every_epochs == 0 and done < total:

@@ -45,7 +45,9 @@ def write_tiny_cifar(directory, train_per_class=20, test_per_class=2, seed=0):
 
 def cli_env(devices=1):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # The device count replaces any count already in XLA_FLAGS; other flags (conftest's) are kept.
+    kept = [flag for flag in env.get("XLA_FLAGS", "").split() if not flag.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ def _assert_same_run(workdir, reference, tmp_path):
         assert a[key] == b[key], key
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tiny_cifar, uninterrupted):
     workdir = tmp_path / "wd"
     stops = [("phase1 epoch 1/2 step 2/6", signal.SIGTERM, "stopped phase1 after step 2/6"),
@@ -131,6 +133,7 @@ def _snapshot(path: pathlib.Path):
     (["--config.steps_per_dispatch=0"], r"steps_per_dispatch must be >= 1, got 0"),
     (["--config.data.cifar100_dir=/nonexistent/cifar"], r"CIFAR-100 directory '/nonexistent/cifar' does not exist"),
 ])
+@pytest.mark.xdist_group("uninterrupted")
 def test_bad_input_is_refused_and_changes_nothing(tmp_path, tiny_cifar, uninterrupted, extra, message):
     """Against a workdir that holds a finished run: nothing in it may change."""
     workdir = uninterrupted
@@ -167,6 +170,7 @@ def test_truncated_cifar_file_is_refused(tmp_path, tiny_cifar):
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_workdir_of_another_configuration_is_refused(tiny_cifar, uninterrupted):
     before = _snapshot(uninterrupted)
     result = helpers.run_main(uninterrupted, tiny_cifar, *helpers.TINY, "--config.model.head=linear",
@@ -196,22 +200,48 @@ def test_nothing_is_unpickled():
             assert "allow_pickle=False" in call, (path, call)
 
 
-@pytest.mark.parametrize("model_axis", [1, 2])
-def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar, model_axis):
-    """model_axis=2: the classifier is sharded across the two processes and the data axis has one
-    position, which both hold: each loads the whole batch (sharding.process_rows)."""
+def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path / "two_processes"
-    mesh = [f"--config.mesh.model={model_axis}"]
-    processes = [subprocess.Popen(
-        helpers.main_command(workdir, tiny_cifar, *helpers.TINY, *mesh, f"--coordinator_address=localhost:{port}",
+        return s.getsockname()[1]
+
+
+def _start_two_processes(workdir, tiny_cifar, *extra):
+    """The CLI as two processes of one jax.distributed job (one CPU device each)."""
+    port = _free_port()
+    return [subprocess.Popen(
+        helpers.main_command(workdir, tiny_cifar, *helpers.TINY, *extra, f"--coordinator_address=localhost:{port}",
                              "--num_processes=2", f"--process_id={i}"),
         cwd=helpers.REPO, env=helpers.cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
+
+
+def _two_processes(workdir, tiny_cifar, *extra):
+    processes = _start_two_processes(workdir, tiny_cifar, *extra)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def two_processes_uninterrupted(tmp_path_factory, tiny_cifar):
+    """A finished two-process run (data axis across the processes), shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("two_processes")
+    _two_processes(workdir, tiny_cifar, "--config.mesh.model=1")
+    return workdir
+
+
+@pytest.mark.parametrize("model_axis", [1, 2])
+@pytest.mark.xdist_group("two_processes")
+def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar, model_axis, request):
+    """model_axis=2: the classifier is sharded across the two processes and the data axis has one
+    position, which both hold: each loads the whole batch (sharding.process_rows)."""
+    mesh = [f"--config.mesh.model={model_axis}"]
+    if model_axis == 1:
+        workdir = request.getfixturevalue("two_processes_uninterrupted")
+    else:
+        workdir = tmp_path / "two_processes"
+        _two_processes(workdir, tiny_cifar, *mesh)
     reference = tmp_path / "one_process"
     result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, *mesh, devices=2)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -224,6 +254,39 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, tiny_cifar, 
     assert a["overall"] == pytest.approx(b["overall"], abs=1.0)
 
 
+@pytest.mark.xdist_group("two_processes")
+def test_sigterm_to_one_process_stops_every_process_after_the_same_step(tmp_path, tiny_cifar,
+                                                                        two_processes_uninterrupted):
+    """A pod's hosts get SIGTERM at different steps; here only process 1 gets it. Both must agree
+    on the step (JAX's preemption sync point), checkpoint it, exit 3 instead of waiting in a
+    collective, and the resumed run must end bitwise as the uninterrupted one."""
+    workdir = tmp_path / "wd"
+    processes = _start_two_processes(workdir, tiny_cifar, "--config.mesh.model=1")
+    # Process 0 writes the log; process 1 gets the signal. Its output is read as it comes, so
+    # that a full pipe never blocks it.
+    drained = []
+    drain = threading.Thread(target=lambda: drained.append(processes[1].stdout.read()), daemon=True)
+    drain.start()
+    seen = []
+    for line in processes[0].stdout:
+        seen.append(line)
+        if re.search(r"phase1 epoch \d+/\d+ step 1/", line):
+            processes[1].send_signal(signal.SIGTERM)
+            break
+    seen.append(processes[0].communicate(timeout=300)[0])  # Bounded: one stuck in a collective fails here.
+    processes[1].wait(timeout=300)
+    drain.join(timeout=60)
+    outputs = ["".join(seen), "".join(drained)]
+    assert [p.returncode for p in processes] == [3, 3], outputs[0][-2000:] + outputs[1][-2000:]
+    stops = [re.findall(r"received: stopped (\w+) after step (\d+)/", out) for out in outputs]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+    phase, step = stops[0][0]
+    assert (workdir / "checkpoints" / phase / step).is_dir()
+    _two_processes(workdir, tiny_cifar, "--config.mesh.model=1")
+    _assert_same_run(workdir, two_processes_uninterrupted, tmp_path)
+
+
+@pytest.mark.xdist_group("uninterrupted")
 def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     """The bank holds K rows of each head class, chosen by build_memory_bank on the phase-I model's
     eval-mode features of un-augmented images; phase II trains on exactly the tail rows plus the bank,
@@ -272,6 +335,7 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     assert f"phase2: {tail + results['memory_bank_size']} training images" in output
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted):
     """--config.phase1_from=A: phase II (here with another tau) from A's finished phase I and bank;
     A is never written; a phase I of another configuration is refused with the key named."""
@@ -347,6 +411,7 @@ def _phase1_features(workdir, tmp_path, ctx, rows):
     return np.asarray(ctx.build_model(ctx.split.num_head).apply(variables, images, train=False)["features"])
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_cifar, uninterrupted):
     """phase2_init=imprint: W_c2's column of each tail class is its mean phase-I feature, normalised.
     Phase II runs at lr 0, so the exported classifier is its initialisation."""
@@ -370,6 +435,7 @@ def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_
         np.testing.assert_allclose(kernel[:, c1 + k], mean / np.linalg.norm(mean), atol=1e-4, err_msg=str(k))
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_the_tiny_runs_learn(uninterrupted):
     """Colour-coded tiny data (tests/helpers.py) is learnable in a few steps: phase I, phase II and
     the final model must be well above chance, not just inside [0, 100]. Measured here (Intel
@@ -382,6 +448,7 @@ def test_the_tiny_runs_learn(uninterrupted):
     assert results["few"] > 0  # Phase II learned tail classes that phase I never saw.
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_predict_prints_names_and_probabilities_from_a_workdir_and_an_export(tmp_path, tiny_cifar, uninterrupted):
     """asyncjax.predict on images written as files: the same top-k from the workdir and from its
     export, probabilities sorted and at most 1 in sum, names from --class_names."""
@@ -443,6 +510,7 @@ def test_the_tests_compilation_cache_is_private(tmp_path):
             private_cache_dir(str(theirs))
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_a_damaged_latest_checkpoint_and_bank_fall_back_and_end_as_uninterrupted(tmp_path, tiny_cifar, uninterrupted):
     """Phase II's latest checkpoint with its data files cut in half, and memory_bank.npz cut short
     (a disk fault, a copy that stopped): the step is set aside (kept as <step>.damaged), the run

@@ -164,7 +164,7 @@ def run(ctx, evaluator, stop) -> dict:
     rows2 = np.sort(np.concatenate([ctx.tail_rows, memory.flatten_bank(bank)]))
     ctx.reporter.info(f"memory bank: {int((bank >= 0).sum())} exemplars of {ctx.split.num_head} head classes "
                       f"({seconds_bank:.1f} s); phase II data: {len(ctx.tail_rows)} tail + bank")
-    if stop.signal:
+    if stop.requested():
         raise loop.Interrupted(f"{stop.signal} received: stopped after the memory bank (saved to "
                                "memory_bank.npz); run the same command again to resume")
 
