@@ -71,6 +71,10 @@ class PhaseCheckpoints:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
+    def read_meta(self, step: int) -> dict:
+        """The `meta` item of `step` alone (no arrays are read)."""
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

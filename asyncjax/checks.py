@@ -30,7 +30,11 @@ from asyncjax.models.conv import CONV_WEIGHT_GRADS
 
 # Fields that must match to resume a workdir: a different value means other checkpoints.
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
-                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "mesh.model")
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "mesh.model",
+                 # Your own data (configs/custom.py): which kind and which TFDS dataset. Paths are not
+                 # identity (a carried run reads its data from another root); the classes are, and
+                 # the checkpoints' own record of them is checked (check_workdir's data_identity).
+                 "data.kind", "data.name")
 # What a phase I depends on: phase1_from refuses a workdir whose phase I differs in any of them.
 PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_seed", "split.num_head_classes",
                "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from",
@@ -217,13 +221,63 @@ def _changed_settings(config, saved: dict) -> list[str]:
             if before.get(key) != after.get(key)]
 
 
-def check_workdir(config, workdir: str) -> tuple[str | None, bool]:
-    """(note, fresh): refuses a workdir that holds checkpoints of another configuration. `fresh`:
-    nothing is saved there yet, so config.json is (re)written (write_config). A workdir with a
-    config.json but nothing saved (a run stopped before its first checkpoint) is taken over; the
-    note says so. A resume with other settings outside the identity keys is allowed; the note
-    names them. Reads only."""
+def checkpoint_metas(workdir: str) -> list[tuple[str, int, dict]]:
+    """(phase, step, meta) of each phase's latest readable checkpoint in workdir. The identity that
+    a run's checkpoints carry with them: config.json can be deleted or edited by hand, the config
+    stored in each checkpoint cannot without damaging it. A damaged one is passed over here
+    (loop.restore_or_init sets it aside)."""
+    from asyncjax import checkpointing  # Orbax: only when there are checkpoints to read.
+    root = os.path.join(workdir, "checkpoints")
+    found = []
+    for phase in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if not os.path.isdir(os.path.join(root, phase)):
+            continue
+        ckpt = checkpointing.PhaseCheckpoints(os.path.join(root, phase), read_only=True)
+        try:
+            for step in reversed(ckpt.all_steps()):
+                try:
+                    found.append((phase, step, ckpt.read_meta(step)))
+                    break
+                except Exception:  # noqa: BLE001 - any damage: the step before may be whole.
+                    continue
+        finally:
+            ckpt.close()
+    return found
+
+
+def _stored_identity(config, workdir: str, data_identity: dict | None) -> dict | None:
+    """Refuses checkpoints written by another configuration or on other data, whatever config.json
+    says; returns the config stored in the latest of them (None: no checkpoint)."""
+    stored = None
+    for phase, step, meta in checkpoint_metas(workdir):
+        stored = json.loads(meta["config"])
+        differing = _identity_differences(config, stored)
+        if differing:
+            raise ValueError(f"workdir {workdir!r} holds {phase} checkpoints (step {step}) of a different "
+                             f"configuration ({', '.join(differing)}); use another --workdir")
+        for key, value in (data_identity or {}).items():
+            if key in meta and meta[key] != value:
+                what = {"rank_to_class": "its classes ordered by training count",
+                        "class_names": "its class names"}.get(key, key)
+                raise ValueError(f"workdir {workdir!r} holds {phase} checkpoints (step {step}) trained on other data "
+                                 f"({what} differ from this run's data); use another --workdir")
+    return stored
+
+
+def check_workdir(config, workdir: str, data_identity: dict | None = None) -> tuple[str | None, bool]:
+    """(note, fresh): refuses a workdir that holds checkpoints of another configuration, judged by
+    config.json and by the config (and, given `data_identity`, the data's classes) stored in the
+    checkpoints themselves. `fresh`: config.json is to be (re)written (write_config): nothing is
+    saved there yet, or config.json went missing beside checkpoints. A workdir with a config.json
+    but nothing saved (a run stopped before its first checkpoint) is taken over; the note says so.
+    A resume with other settings outside the identity keys is allowed; the note names them. Reads only."""
+    stored = _stored_identity(config, workdir, data_identity)
     saved = saved_config(workdir)
+    if saved is None and stored is not None:
+        changed = _changed_settings(config, stored)
+        return (f"{workdir}/config.json was missing: the run's identity was read from its checkpoints, and "
+                f"config.json is written again" + (f"; settings other than theirs: {'; '.join(changed)}"
+                                                    if changed else "")), True
     differing = None if saved is None else _identity_differences(config, saved)
     progress = saved is not None and holds_progress(workdir)
     if differing and progress:

@@ -15,10 +15,16 @@ import numpy as np
 from asyncjax import config_utils, files, train
 
 EPOCHS = {"short": 8, "medium": 30, "full": 200}
+# Table rows that are a method with settings of their own: the field's cross-entropy row is plain
+# training with a linear classifier (plain's default head is the cosine one).
+ROWS = {"cross_entropy": ("plain", ["--config.model.head=linear"])}
 
 
 def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: list[str]):
-    """configs/cifar100_lt.py with the method's preset, at `budget`, for one seed and imbalance."""
+    """configs/cifar100_lt.py with the method's preset, at `budget`, for one seed and imbalance.
+    `method` is a method of asyncjax.main or a row of ROWS."""
+    method, row_overrides = ROWS.get(method, (method, []))
+    overrides = [*row_overrides, *overrides]
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cifar100_lt.py")
     # The method's preset: LDAM-DRW runs its authors' recipe (batch 128, weight decay 2e-4).
     config = config_utils.load_config_file(f"{path}:smoke={budget == 'smoke'},method={method}")
@@ -68,6 +74,19 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
         results.append(train.run(config, directory))
     return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
+
+
+def finished_seeds(row_dir: str, seeds: int) -> tuple[list[dict], list[str]]:
+    """(results of the finished seeds, workdirs of the missing ones) of one row, from its files
+    alone: `{row_dir}_seed{seed}/results.json`. Nothing is run."""
+    results, missing = [], []
+    for seed in range(seeds):
+        path = os.path.join(f"{row_dir}_seed{seed}", "results.json")
+        if os.path.exists(path):
+            results.append(files.read_json(path))
+        else:
+            missing.append(f"{row_dir}_seed{seed}")
+    return results, missing
 
 
 def trained_from(directory: str) -> str | None:

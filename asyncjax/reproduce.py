@@ -10,7 +10,11 @@ seeds) and Many / Medium / Few beside the paper's figures, and the per-seed
 figures as DIR/cifar100_lt_<budget>.json (`python -m asyncjax.plot --workdir=DIR`
 draws them). Every row resumes
 (or just reports) when the command is run again. `--config.*` overrides apply
-to every row, e.g. --config.data.cifar100_dir=PATH.
+to every row, e.g. --config.data.cifar100_dir=PATH. Rows are methods of
+asyncjax.main or `cross_entropy` (plain with the linear head, the field's CE row).
+`--report_only` runs nothing: the table from the finished seeds' results.json
+files alone, merged with the rows already in DIR's table, the unfinished seeds
+named in its note (the paper-budget queue: --budget=full --workdir=runs/paper_budget).
 
 Budgets (epochs per phase): smoke = a few steps on ResNet-8 (for CI), short = 8
 (sized so that a seed of a row takes about 15 minutes on a quiet 2-core CPU at
@@ -61,7 +65,7 @@ import numpy as np
 from absl import app, flags
 
 from asyncjax import files, methods
-from asyncjax.experiments import mean_std, run_seeds
+from asyncjax.experiments import ROWS, finished_seeds, mean_std, run_seeds
 from asyncjax.studies import ABLATIONS, STUDY, ablate, parse_grid, study
 
 
@@ -73,8 +77,11 @@ def define_flags():
                       "Training budget of every row: smoke (CI), short (8 epochs per phase), medium (30), "
                       "full (the paper's 200).")
     flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
+    flags.DEFINE_bool("report_only", False, "Run nothing: the table from the finished seeds' results.json "
+                      "files, the unfinished ones named.")
     flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
-    flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main.")
+    flags.DEFINE_list("methods", ["plain", "ldam_drw", "async"], "Rows: methods of asyncjax.main, or "
+                      "cross_entropy (plain with the linear head).")
     flags.DEFINE_list("imbalance", ["50", "100", "200"], "Columns: CIFAR-100-LT imbalance factors.")
     flags.DEFINE_enum("ablation", "none", ["none", "memory_size", "lambda", "split"],
                       "Run an ablation of the async method instead of the table.")
@@ -141,13 +148,24 @@ def earlier_rows(json_path: str) -> dict:
 
 
 def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides,
-              async_phase1_from: str = "") -> str:
+              async_phase1_from: str = "", report_only: bool = False) -> str:
+    """The table's rows run one after the other (each seed resumes where it stopped, or only reports
+    when finished: a queue that can be started again), then the table rewritten. `report_only`:
+    nothing is run; the table is made from the finished seeds' results.json, the missing ones named."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"cifar100_lt_{budget}.md")
     rows, note = earlier_rows(path[:-len(".md")] + ".json"), ""
-    reused = []
+    reused, missing = [], []
     for imbalance in imbalances:
         for method in methods:
+            row_dir = os.path.join(workdir, f"{method}_if{imbalance}")
+            if report_only:
+                found, absent = finished_seeds(row_dir, seeds)
+                missing += absent
+                if found:
+                    rows[(method, imbalance)] = found
+                note = next((r["data_note"] for r in found if r.get("data_note")), note)
+                continue
             rows[(method, imbalance)], row_note = run_seeds(
                 method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method,
                 async_phase1_from)
@@ -158,6 +176,8 @@ def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overri
     if reused:
         note += (" Phase I not trained in this table (phase1_from; the wall time counts the source's phase I): "
                  + "; ".join(reused) + ".")
+    if missing:
+        note += f" Not finished (no results.json; not in the table): {', '.join(missing)}."
     return write_table(rows, budget, seeds, path, note.strip())
 
 
@@ -167,9 +187,9 @@ def main(argv, overrides=()):
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
-    unknown = [m for m in FLAGS.methods if m not in methods.METHODS]
+    unknown = [m for m in FLAGS.methods if m not in (*methods.METHODS, *ROWS)]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {methods.METHODS}")
+        raise ValueError(f"unknown methods {unknown}; choose from {(*methods.METHODS, *ROWS)}")
     # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
     if FLAGS.grid and FLAGS.study == "none":
         raise app.UsageError("--grid needs --study=phase2")
@@ -183,7 +203,8 @@ def main(argv, overrides=()):
                        list(overrides))
     else:
         table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
-                          [int(i) for i in FLAGS.imbalance], list(overrides), FLAGS.async_phase1_from)
+                          [int(i) for i in FLAGS.imbalance], list(overrides), FLAGS.async_phase1_from,
+                          FLAGS.report_only)
     print(table)
 
 

@@ -205,7 +205,10 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool 
     if config.init_from:  # Names and shapes against this backbone, before any disk work.
         pretrained.check_fits(config.init_from, make_backbone(config.model.backbone), data.image_shape)
     if workdir is not None:
-        note, fresh = checks.check_workdir(config, workdir)
+        names = data.class_names
+        note, fresh = checks.check_workdir(config, workdir, data_identity={
+            "rank_to_class": context.split.rank_to_class.tolist(), "num_head": int(context.split.num_head),
+            "class_names": None if names is None else list(names)})
         if not dry_run and jax.process_index() == 0:
             context.lock = checks.lock_workdir(workdir)  # Before anything is written there.
             if context.lock is None:

@@ -79,3 +79,20 @@ def test_in_memory_table_gathers():
     got = list(table.batches([np.array([3, 1]), np.array([9, 9])], training=True))
     np.testing.assert_array_equal(got[0], images[[3, 1]])
     assert table.image_shape == (2, 2, 3) and len(table) == 10
+
+
+def test_the_pixel_limit_holds_in_grain_workers_too(tmp_path):
+    """data.max_image_pixels reaches the decoding workers (each process has its own Pillow limit;
+    they used to keep Pillow's default) and a bomb is refused there with the file named."""
+    from asyncjax.data import image_files
+    path = write_jpeg_folder(tmp_path / "images", tmp_path / "lists", "train.txt", num_images=4, sizes=((40, 40),))
+    source = sources.ListFolderSource(path, str(tmp_path / "images"))
+    try:
+        for workers in (1, 0):  # The worker first, while this process still has Pillow's default.
+            table = pipeline.StreamingImages(source, size=16, resize=18, workers=workers, max_pixels=1000)
+            with pytest.raises(Exception, match=r"img_0.jpg: 40 x 40 = 1,600 pixels, above data.max_image_pixels = 1,000"):
+                list(table.batches([np.arange(4)], training=False))
+        allowed = pipeline.StreamingImages(source, size=16, resize=18, workers=1, max_pixels=1600)
+        assert next(allowed.batches([np.arange(4)], training=False)).shape == (4, 16, 16, 3)
+    finally:
+        image_files.set_pixel_limit(0)

@@ -4,6 +4,7 @@ A run interrupted many ways (SIGTERM in phase I, in the memory-bank step and in
 phase II; SIGKILL while a checkpoint is written) and resumed each time ends
 with the same parameters and results.json figures as an uninterrupted run.
 """
+import contextlib
 import json
 import pathlib
 import re
@@ -23,7 +24,9 @@ from tests import helpers
 PACKAGE = pathlib.Path(helpers.REPO) / "asyncjax"
 
 
-@pytest.fixture(scope="module")
+# Session scope: a module fixture is torn down whenever an xdist worker moves on to another
+# module's test, and then built again (an uninterrupted CLI run each time).
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, tiny_cifar):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY)
@@ -182,6 +185,38 @@ def test_workdir_of_another_configuration_is_refused(tiny_cifar, uninterrupted):
     assert _snapshot(uninterrupted) == before
 
 
+@pytest.mark.xdist_group("uninterrupted")
+def test_the_identity_lives_with_the_checkpoints(tmp_path, uninterrupted):
+    """config.json deleted or edited by hand no longer turns the identity guard off: the config and
+    the classes stored in each checkpoint are checked too."""
+    import ml_collections
+
+    from asyncjax import checks
+    workdir = tmp_path / "copy"
+    shutil.copytree(uninterrupted, workdir)
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.seed = 1
+    # config.json deleted: the checkpoints still say seed 0.
+    (workdir / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"holds phase1 checkpoints \(step 6\) of a different configuration "
+                                         r"\(seed: workdir has 0, this run 1\)"):
+        checks.check_workdir(other, str(workdir))
+    note, fresh = checks.check_workdir(config, str(workdir))  # The same run: resumed, config.json rewritten.
+    assert fresh and "config.json was missing" in note
+    # config.json edited by hand to say seed 1: the checkpoints refuse the run of seed 1.
+    (workdir / "config.json").write_text(other.to_json())
+    with pytest.raises(ValueError, match="of a different configuration"):
+        checks.check_workdir(other, str(workdir))
+    # The same configuration on other data (here: the classes in another order) is refused too.
+    (workdir / "config.json").write_text(config.to_json())
+    _, _, meta = checks.checkpoint_metas(str(workdir))[-1]
+    assert checks.check_workdir(config, str(workdir), data_identity={k: meta[k] for k in ("rank_to_class", "class_names")}) == (None, False)
+    shuffled = {"rank_to_class": meta["rank_to_class"][::-1]}
+    with pytest.raises(ValueError, match=r"trained on other data \(its classes ordered by training count"):
+        checks.check_workdir(config, str(workdir), data_identity=shuffled)
+
+
 def test_export_without_checkpoints_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run([sys.executable, "-m", "asyncjax.export", f"--workdir={tmp_path / 'empty'}",
@@ -206,24 +241,33 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start_two_processes(workdir, tiny_cifar, *extra):
-    """The CLI as two processes of one jax.distributed job (one CPU device each)."""
+@contextlib.contextmanager
+def _two_process_job(workdir, tiny_cifar, *extra):
+    """The CLI as two processes of one jax.distributed job (one CPU device each); on the way out a
+    process still running (left waiting in a collective by a failure) is killed."""
     port = _free_port()
-    return [subprocess.Popen(
+    processes = [subprocess.Popen(
         helpers.main_command(workdir, tiny_cifar, *helpers.TINY, *extra, f"--coordinator_address=localhost:{port}",
                              "--num_processes=2", f"--process_id={i}"),
         cwd=helpers.REPO, env=helpers.cli_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def _two_processes(workdir, tiny_cifar, *extra):
-    processes = _start_two_processes(workdir, tiny_cifar, *extra)
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    with _two_process_job(workdir, tiny_cifar, *extra) as processes:
+        outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     return outputs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_processes_uninterrupted(tmp_path_factory, tiny_cifar):
     """A finished two-process run (data axis across the processes), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("two_processes")
@@ -261,22 +305,22 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step(tmp_path
     on the step (JAX's preemption sync point), checkpoint it, exit 3 instead of waiting in a
     collective, and the resumed run must end bitwise as the uninterrupted one."""
     workdir = tmp_path / "wd"
-    processes = _start_two_processes(workdir, tiny_cifar, "--config.mesh.model=1")
-    # Process 0 writes the log; process 1 gets the signal. Its output is read as it comes, so
-    # that a full pipe never blocks it.
-    drained = []
-    drain = threading.Thread(target=lambda: drained.append(processes[1].stdout.read()), daemon=True)
-    drain.start()
-    seen = []
-    for line in processes[0].stdout:
-        seen.append(line)
-        if re.search(r"phase1 epoch \d+/\d+ step 1/", line):
-            processes[1].send_signal(signal.SIGTERM)
-            break
-    seen.append(processes[0].communicate(timeout=300)[0])  # Bounded: one stuck in a collective fails here.
-    processes[1].wait(timeout=300)
-    drain.join(timeout=60)
-    outputs = ["".join(seen), "".join(drained)]
+    with _two_process_job(workdir, tiny_cifar, "--config.mesh.model=1") as processes:
+        # Process 0 writes the log; process 1 gets the signal. Its output is read as it comes, so
+        # that a full pipe never blocks it.
+        drained = []
+        drain = threading.Thread(target=lambda: drained.append(processes[1].stdout.read()), daemon=True)
+        drain.start()
+        seen = []
+        for line in processes[0].stdout:
+            seen.append(line)
+            if re.search(r"phase1 epoch \d+/\d+ step 1/", line):
+                processes[1].send_signal(signal.SIGTERM)
+                break
+        seen.append(processes[0].communicate(timeout=300)[0])  # Bounded: one stuck in a collective fails here.
+        processes[1].wait(timeout=300)
+        drain.join(timeout=60)
+        outputs = ["".join(seen), "".join(drained)]
     assert [p.returncode for p in processes] == [3, 3], outputs[0][-2000:] + outputs[1][-2000:]
     stops = [re.findall(r"received: stopped (\w+) after step (\d+)/", out) for out in outputs]
     assert len(stops[0]) == 1 and stops[0] == stops[1], stops

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests import helpers
 
@@ -195,3 +196,36 @@ def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monke
     assert runs["async_if100_seed1"].phase1_from == str(tmp_path / "study" / "base_seed1")
     assert runs["async_if100_seed2"].phase1_from == "" and runs["plain_if100_seed0"].phase1_from == ""
     assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 2 from" not in text
+
+
+def test_table_from_results_files_alone_merges_rows_and_names_the_missing(tmp_path, monkeypatch):
+    """--report_only: no run (train.run must not be called), the finished seeds' results.json make
+    the rows, earlier rows of the table stay, a seed without results.json is named as missing."""
+    from asyncjax import reproduce, train
+    monkeypatch.setattr(train, "run", lambda *a: pytest.fail("report_only ran a training run"))
+
+    def finished(name, overall):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"overall": overall, "many": overall + 20, "medium": overall, "few": overall - 20,
+             "wall_time_s": {"joint": 3600.0}}))
+
+    finished("cross_entropy_if100_seed0", 38.0)
+    finished("cross_entropy_if100_seed1", 40.0)
+    finished("ldam_drw_if100_seed0", 42.0)
+    first = reproduce.reproduce(str(tmp_path), "full", 2, ["cross_entropy"], [100], [], report_only=True)
+    assert "| cross_entropy | 100 | 2 | 39.00 ± 1.41 | 59.00 ± 1.41 | 39.00 ± 1.41 | 19.00 ± 1.41 | 38.32 | 60.0 |" in first
+    second = reproduce.reproduce(str(tmp_path), "full", 2, ["ldam_drw", "async"], [100], [], report_only=True)
+    assert "| cross_entropy | 100 | 2 | 39.00 ± 1.41 |" in second  # Merged from the table's earlier rows.
+    assert "| ldam_drw | 100 | 1 | 42.00 | 62.00 | 42.00 | 22.00 | 42.04 | 60.0 |" in second
+    assert "| async |" not in second
+    assert (f"Not finished (no results.json; not in the table): {tmp_path / 'ldam_drw_if100_seed1'}, "
+            f"{tmp_path / 'async_if100_seed0'}, {tmp_path / 'async_if100_seed1'}.") in second
+    assert (tmp_path / "cifar100_lt_full.md").read_text() == second
+
+
+def test_the_cross_entropy_row_is_plain_with_the_linear_head():
+    from asyncjax import experiments
+    config = experiments.row_config("cross_entropy", 100, 0, "full", [])
+    assert (config.method, config.model.head, config.phase1.epochs) == ("plain", "linear", 200)
+    assert experiments.row_config("plain", 100, 0, "full", []).model.head != "linear"

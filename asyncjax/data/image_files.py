@@ -27,22 +27,24 @@ def set_pixel_limit(max_pixels: int) -> int:
     return Image.MAX_IMAGE_PIXELS
 
 
-def open_image(path: str):
-    """The PIL image of `path`, its header read (nothing decoded yet). One of more pixels than the
-    limit (set_pixel_limit) is a ValueError naming the file, its size and the limit."""
+def open_image(path, name: str | None = None):
+    """The PIL image of `path` (a file name, or an open binary file with `name` for messages), its
+    header read (nothing decoded yet). One of more pixels than the limit (set_pixel_limit) is a
+    ValueError naming the file, its size and the limit."""
     from PIL import Image
+    name = path if name is None else name
     limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():  # Pillow warns between 1x and 2x its limit: refused below instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(path)
         except Image.DecompressionBombError as e:
-            raise TooManyPixels(f"{path}: {str(e).split(' could be')[0]}, above data.max_image_pixels = {limit:,} "
+            raise TooManyPixels(f"{name}: {str(e).split(' could be')[0]}, above data.max_image_pixels = {limit:,} "
                              "(a decompression bomb?); raise --config.data.max_image_pixels to accept it") from None
     if limit and image.width * image.height > limit:
         width, height = image.size
         image.close()
-        raise TooManyPixels(f"{path}: {width} x {height} = {width * height:,} pixels, above data.max_image_pixels = "
+        raise TooManyPixels(f"{name}: {width} x {height} = {width * height:,} pixels, above data.max_image_pixels = "
                          f"{limit:,} (a decompression bomb?); raise --config.data.max_image_pixels to accept it")
     return image
 

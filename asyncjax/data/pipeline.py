@@ -17,13 +17,14 @@ an image table turns a sequence of such index batches into uint8 image batches.
 from __future__ import annotations
 
 import dataclasses
+import io
 from typing import Iterator, Sequence
 
 import grain
 import numpy as np
 from absl import flags
 
-from asyncjax.data import transforms
+from asyncjax.data import image_files, transforms
 
 
 class InMemoryImages:
@@ -52,12 +53,19 @@ class LoadBatch:
     training: bool
     size: int
     resize: int
+    max_pixels: int = 0  # data.max_image_pixels (0: Pillow's default)
 
     def __call__(self, element) -> np.ndarray:
+        # Pillow's decompression-bomb limit is per process, and this may run in a grain worker,
+        # which does not inherit the training process's setting.
+        image_files.set_pixel_limit(self.max_pixels)
         indices, seed = element
         images = []
         for position, index in enumerate(indices):
             record = self.source[int(index)]
+            if isinstance(record["image"], (bytes, bytearray)):  # Refused at its header, named.
+                name = record.get("path", f"record {int(index)}")
+                image_files.open_image(io.BytesIO(record["image"]), name).close()
             try:
                 if self.training:
                     rng = np.random.default_rng([*seed, position])
@@ -74,11 +82,12 @@ class StreamingImages:
     """Images read and transformed on the fly from a random-access source."""
 
     def __init__(self, source, size: int = 224, resize: int = 256, workers: int = 0,
-                 per_worker_buffer: int = 2):
+                 per_worker_buffer: int = 2, max_pixels: int = 0):
         if workers < 0:
             raise ValueError(f"data.workers must be >= 0, got {workers}")
         self.source, self.size, self.resize = source, size, resize
         self.workers, self.per_worker_buffer = workers, per_worker_buffer
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.source)
@@ -94,7 +103,7 @@ class StreamingImages:
             raise ValueError(f"seed key {key} and start {start} must be non-negative")
         elements = [(np.asarray(indices), (*key, start + i)) for i, indices in enumerate(index_batches)]
         dataset = grain.MapDataset.source(elements).map(
-            LoadBatch(self.source, training, self.size, self.resize)).to_iter_dataset()
+            LoadBatch(self.source, training, self.size, self.resize, self.max_pixels)).to_iter_dataset()
         if self.workers:
             if not flags.FLAGS.is_parsed():
                 # grain's multiprocessing reads its absl flags; outside an absl app (a notebook,
@@ -113,5 +122,5 @@ def streaming_tables(split_sources: dict, data_config) -> dict:
     """{split: StreamingImages} over random-access sources, at data.image_size: the 224-px
     benchmarks and custom data of larger images both stream through here."""
     return {split: StreamingImages(source, size=data_config.image_size, resize=data_config.resize_size,
-                                   workers=data_config.workers)
+                                   workers=data_config.workers, max_pixels=data_config.get("max_image_pixels", 0))
             for split, source in split_sources.items()}
