@@ -201,10 +201,10 @@ def saved_config(workdir: str) -> dict | None:
     return files.read_json(path) if os.path.exists(path) else None
 
 
-def _identity_differences(config, saved: dict) -> list[str]:
-    """IDENTITY_KEYS on which the saved config differs from `config`."""
+def _identity_differences(config, saved: dict, keys=IDENTITY_KEYS) -> list[str]:
+    """`keys` (IDENTITY_KEYS) on which the saved config differs from `config`."""
     saved = ml_collections.ConfigDict(saved)
-    return [f"{k}: workdir has {get(saved, k)!r}, this run {get(config, k)!r}" for k in IDENTITY_KEYS
+    return [f"{k}: workdir has {get(saved, k)!r}, this run {get(config, k)!r}" for k in keys
             if get(saved, k) != get(config, k)]
 
 
@@ -251,7 +251,9 @@ def _stored_identity(config, workdir: str, data_identity: dict | None) -> dict |
     stored = None
     for phase, step, meta in checkpoint_metas(workdir):
         stored = json.loads(meta["config"])
-        differing = _identity_differences(config, stored)
+        # phase1_from is a path: a run carried to another machine may find its source elsewhere
+        # (check_workdir still compares config.json's record of it).
+        differing = _identity_differences(config, stored, [k for k in IDENTITY_KEYS if k != "phase1_from"])
         if differing:
             raise ValueError(f"workdir {workdir!r} holds {phase} checkpoints (step {step}) of a different "
                              f"configuration ({', '.join(differing)}); use another --workdir")
