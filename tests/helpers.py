@@ -63,11 +63,20 @@ def run_main(workdir, cifar_dir, *extra, devices=1, timeout=600, **kwargs):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def export(workdir, output, *extra):
-    result = subprocess.run([sys.executable, "-m", "asyncjax.export", f"--workdir={workdir}",
-                             f"--output={output}", *extra], cwd=REPO, env=cli_env(), capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def export(workdir, output, *extra, cli=False):
+    """The workdir's export (asyncjax.export), read back. In-process by default: the export only
+    reads a checkpoint, and a subprocess would pay JAX's start-up for it (about 8 s each, some 20
+    times in the suite); `cli=True` runs the command line (a test of it)."""
+    if cli:
+        result = subprocess.run([sys.executable, "-m", "asyncjax.export", f"--workdir={workdir}",
+                                 f"--output={output}", *extra], cwd=REPO, env=cli_env(), capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        from asyncjax import export as exporting
+        phases = [e.split("=", 1)[1] for e in extra if e.startswith("--phase=")]
+        assert len(phases) == len(extra) <= 1, extra  # --phase is the one flag besides the paths.
+        exporting.export(str(workdir), str(output), phases[0] if phases else None)
     arrays = dict(np.load(output, allow_pickle=False))
     config = json.loads(str(arrays.pop("config")))  # The run's config travels as JSON text,
     assert config["dataset"]

@@ -69,7 +69,7 @@ def test_smoke_run_on_real_cifar100_lt(tmp_path, cifar100_dir, method):
     assert lines and all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
     assert list((workdir / "tensorboard").iterdir())
     # Export: flat names, BatchNorm statistics, output rows -> original class ids.
-    arrays = helpers.export(workdir, tmp_path / "model.npz")
+    arrays = helpers.export(workdir, tmp_path / "model.npz", cli=True)  # The command line itself.
     assert arrays["params/head/kernel"].shape == (64, 100)
     assert "batch_stats/backbone/bn1/mean" in arrays
     np.testing.assert_array_equal(arrays["class_ids"], results["rank_to_class"])
