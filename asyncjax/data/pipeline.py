@@ -63,18 +63,20 @@ class LoadBatch:
         images = []
         for position, index in enumerate(indices):
             record = self.source[int(index)]
-            if isinstance(record["image"], (bytes, bytearray)):  # Refused at its header, named.
-                name = record.get("path", f"record {int(index)}")
-                image_files.open_image(io.BytesIO(record["image"]), name).close()
+            name, image = record.get("path", f"record {int(index)}"), record["image"]
+            if isinstance(image, (bytes, bytearray)):  # Its header read here: over the limit, refused, named.
+                image = image_files.open_image(io.BytesIO(image), name)
             try:
                 if self.training:
                     rng = np.random.default_rng([*seed, position])
-                    images.append(transforms.train_transform(record["image"], rng, self.size))
+                    images.append(transforms.train_transform(image, rng, self.size))
                 else:
-                    images.append(transforms.eval_transform(record["image"], self.size, self.resize))
+                    images.append(transforms.eval_transform(image, self.size, self.resize))
             except (OSError, ValueError, SyntaxError) as e:  # A file cut short after its header, say.
-                raise ValueError(f"{record.get('path', f'record {int(index)}')}: unreadable or truncated "
-                                 f"image ({e})") from e
+                raise ValueError(f"{name}: unreadable or truncated image ({e})") from e
+            finally:
+                if hasattr(image, "close"):
+                    image.close()
         return np.stack(images)
 
 

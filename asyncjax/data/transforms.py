@@ -29,7 +29,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode(image) -> Image.Image:
-    """Encoded bytes (JPEG/PNG) or a uint8 HxWx{1,3} array -> an RGB PIL image (to_rgb)."""
+    """Encoded bytes (JPEG/PNG), an opened PIL image or a uint8 HxWx{1,3} array -> an RGB PIL image
+    (to_rgb)."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
         with Image.open(io.BytesIO(image)) as opened:
             return to_rgb(opened)
