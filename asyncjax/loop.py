@@ -6,7 +6,8 @@
           batch(es) of (seed, phase, epoch, step) -> the jitted step
           due(log_every)        -> a log line, metrics.jsonl, TensorBoard (finite, or stop)
           due(checkpoint_every) -> a checkpoint, never of a non-finite model
-          SIGTERM / SIGINT      -> a checkpoint after the current step, then Interrupted (exit 3)
+          SIGTERM / SIGINT      -> a checkpoint after the current step (several processes: after
+                                   the step they agree on), then Interrupted (exit 3)
           end of an epoch       -> the monitoring split's accuracy every eval_every_epochs
 
 The batch order is a pure function of (seed, phase, epoch, step), so a resumed run sees the same
