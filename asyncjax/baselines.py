@@ -56,6 +56,13 @@ def logit_adjusted_loss(logits, labels, counts, *, tau: float = 1.0):
     return weighted_cross_entropy(logits + tau * log_prior, labels)
 
 
+def focal_loss(logits, labels, *, gamma: float = 1.0):
+    """Focal loss (Lin et al., 2017) as LDAM-DRW's code computes it (Table 3's focal row): the mean
+    over the batch of (1 - p_y)^gamma * CE, p_y = exp(-CE) the softmax probability of the label."""
+    cross_entropy = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], axis=1)[:, 0]
+    return jnp.mean((1.0 - jnp.exp(-cross_entropy)) ** gamma * cross_entropy)
+
+
 def posthoc_logit_adjustment(logits, counts, *, tau: float = 1.0):
     """Post-hoc adjustment (Menon et al., 2021): predict argmax_j logits_j - tau * log(pi_j)."""
     counts = jnp.asarray(counts, jnp.float32)

@@ -93,7 +93,7 @@ def common_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.dataset = ""
     config.method = "async"             # "async" (dual-phase), or a joint baseline: "plain",
-                                        # "ldam_drw", "balanced_softmax", "logit_adjustment",
+                                        # "ldam_drw", "focal", "balanced_softmax", "logit_adjustment",
                                         # or a decoupling baseline: "crt", "lws", "tau_norm", "ncm"
                                         # (asyncjax/methods/ lists each one's phases).
     config.seed = 0
@@ -143,11 +143,12 @@ def common_config() -> ml_collections.ConfigDict:
         retention_reduction="mean",     # (choice) "mean" over nodes, or "sum" (paper).
         intra_margin=0.5,               # m (choice; LUCIR).
         intra_top_k=2,                  # K_m (choice; LUCIR).
-        # Baselines (method=ldam_drw | balanced_softmax | logit_adjustment).
+        # Baselines (method=ldam_drw | focal | balanced_softmax | logit_adjustment).
         ldam_max_margin=0.5,            # LDAM's largest margin (Cao et al., 2019).
         ldam_scale=30.0,                # LDAM's fixed logit scale s on cosine scores.
         drw_beta=0.9999,                # Effective-number beta of deferred re-weighting.
         drw_start_fraction=0.8,         # Re-weighting from 80% of the epochs (160 of 200).
+        focal_gamma=1.0,                # Focal loss's gamma (LDAM-DRW's code, source of Table 3's focal row).
         logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
@@ -192,7 +193,7 @@ def common_config() -> ml_collections.ConfigDict:
 # The classifier each method's own paper trains (METHOD.md "Recipes"), for model.head="auto":
 # the paper's method and its plain variant use the cosine head (L_intra needs cosine scores),
 # LDAM its normalised (cosine) classifier; the others a linear one.
-HEAD_BY_METHOD = {"async": "cosine", "plain": "cosine", "ldam_drw": "cosine", "balanced_softmax": "linear",
+HEAD_BY_METHOD = {"async": "cosine", "plain": "cosine", "ldam_drw": "cosine", "focal": "linear", "balanced_softmax": "linear",
                   "logit_adjustment": "linear", "crt": "linear", "lws": "linear", "tau_norm": "linear",
                   "ncm": "linear"}
 

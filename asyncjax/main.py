@@ -69,7 +69,7 @@ def check_overrides(argv) -> None:
 HELP = """Config files: configs/cifar100_lt.py (arguments imbalance=50|100|200|1, smoke=True, method=NAME),
 configs/imagenet_lt.py, configs/places_lt.py, configs/inat.py (smoke=True). Override any value with
 --config.KEY=VALUE, e.g. --config.phase1.epochs=30 --config.method=plain.
-Methods (--config.method): async (default), plain, ldam_drw, balanced_softmax, logit_adjustment,
+Methods (--config.method): async (default), plain, ldam_drw, focal, balanced_softmax, logit_adjustment,
 crt, tau_norm, ncm, lws.
 Exit status: 0 done, 2 bad input (one line on stderr, nothing written), 3 interrupted after a
 checkpoint (run the same command again to resume), 1 an unexpected failure."""

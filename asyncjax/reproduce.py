@@ -101,6 +101,7 @@ def define_flags():
 PAPER = {
     "cross_entropy": {200: 35.63, 100: 38.32, 50: 43.85},
     "ldam_drw": {200: 38.06, 100: 42.04, 50: 46.62},   # The paper's "LDAM" row.
+    "focal": {100: 38.41},                              # The paper's "Focal" row (from LDAM-DRW's paper).
     "plain": {200: 39.35, 100: 42.48, 50: 47.61},      # "Ours (plain)".
     "async": {200: 40.53, 100: 44.79, 50: 49.32},      # "Ours".
 }

@@ -45,6 +45,17 @@ def test_ldam_loss_matches_reference(seed, weighted):
 
 
 @pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.0])
+def test_focal_loss_matches_reference(seed, gamma):
+    """LDAM-DRW's focal_loss: p = exp(-CE), mean((1 - p)^gamma * CE); gamma 0 is cross-entropy."""
+    rng, counts, labels = _data(seed)
+    logits = (3 * rng.normal(size=(len(labels), len(counts)))).astype(np.float32)
+    ce = -_log_softmax(logits.astype(np.float64))[np.arange(len(labels)), labels]
+    want = np.mean((1 - np.exp(-ce)) ** gamma * ce)
+    np.testing.assert_allclose(float(baselines.focal_loss(logits, labels, gamma=gamma)), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_logit_adjusted_loss_and_posthoc(seed, tau):
     rng, counts, labels = _data(seed)
@@ -80,7 +91,7 @@ def test_each_method_gets_its_own_papers_head_unless_overridden():
     from asyncjax import config_utils
     from tests import helpers
     expected = {"async": "cosine", "plain": "cosine", "ldam_drw": "cosine", "crt": "linear", "ncm": "linear",
-                "balanced_softmax": "linear", "logit_adjustment": "linear", "tau_norm": "linear", "lws": "linear"}
+                "balanced_softmax": "linear", "logit_adjustment": "linear", "focal": "linear", "tau_norm": "linear", "lws": "linear"}
     for method, head in expected.items():
         config = config_utils.load_config_file(str(helpers.REPO / "configs/cifar100_lt.py"))
         assert config.model.head == "auto"
@@ -102,3 +113,6 @@ def test_ldam_drw_preset_runs_its_authors_recipe():
     row = experiments.row_config("ldam_drw", 100, 0, "full", [])
     assert (row.phase1.batch_size, row.phase1.weight_decay) == (128, 2e-4) and row.phase1.epochs == 200
     assert experiments.row_config("async", 100, 0, "full", []).phase1.weight_decay == 5e-4
+    focal = experiments.row_config("focal", 100, 0, "full", [])  # Table 3's focal row: the same code's recipe.
+    assert (focal.method, focal.phase1.batch_size, focal.phase1.weight_decay, focal.loss.focal_gamma) == (
+        "focal", 128, 2e-4, 1.0)

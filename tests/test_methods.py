@@ -10,7 +10,7 @@ def test_each_method_names_its_phases_and_their_recipes():
     from asyncjax import methods
     assert methods.phases_of("async") == ("phase1", "phase2")
     assert methods.phases_of("crt") == methods.phases_of("lws") == ("joint", "classifier")
-    for method in ("plain", "ldam_drw", "balanced_softmax", "logit_adjustment", "tau_norm", "ncm"):
+    for method in ("plain", "ldam_drw", "focal", "balanced_softmax", "logit_adjustment", "tau_norm", "ncm"):
         assert methods.phases_of(method) == ("joint",), method
     # The joint phase trains with phase I's recipe; every phase has its own seed stream.
     assert methods.recipes_of("plain") == ("phase1",) and methods.recipes_of("crt") == ("phase1", "classifier")

@@ -168,7 +168,7 @@ def test_one_device_and_eight_devices_agree(num_classes):
         np.testing.assert_allclose(other["kernel_sum"], outputs[0]["kernel_sum"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["ldam_drw", "balanced_softmax", "logit_adjustment"])
+@pytest.mark.parametrize("method", ["ldam_drw", "focal", "balanced_softmax", "logit_adjustment"])
 def test_joint_baselines_run(tmp_path, tiny_cifar, method):
     result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
                               "--config.phase1.epochs=3")

@@ -3,6 +3,7 @@ compile_check, the checks and export read it here).
 
     async                  phase1 -> memory bank -> phase2           methods/dual_phase.py
     plain, ldam_drw,       joint                                     methods/joint.py
+    focal,
     balanced_softmax,
     logit_adjustment
     tau_norm, ncm          joint -> the classifier adjusted (no training)
@@ -16,7 +17,7 @@ built without running (the dry run times them, compile_check compiles them).
 from __future__ import annotations
 
 DECOUPLED = ("crt", "lws", "tau_norm", "ncm")   # Kang et al. (2020), after a joint cross-entropy phase.
-METHODS = ("async", "plain", "ldam_drw", "balanced_softmax", "logit_adjustment", *DECOUPLED)
+METHODS = ("async", "plain", "ldam_drw", "focal", "balanced_softmax", "logit_adjustment", *DECOUPLED)
 
 PHASE_IDS = {"phase1": 1, "phase2": 2, "joint": 3, "classifier": 4}
 # The joint phase of plain and the baselines takes phase I's recipe (the same epochs, lr and

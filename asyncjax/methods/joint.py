@@ -36,6 +36,8 @@ def joint_loss(ctx, steps_per_epoch: int):
             return baselines.ldam_loss(out["cosine"], labels, margins, scale=loss_config.ldam_scale,
                                        class_weights=class_weights)
         return ldam_drw
+    if method == "focal":
+        return lambda out, labels, step: baselines.focal_loss(out["logits"], labels, gamma=loss_config.focal_gamma)
     if method == "balanced_softmax":
         return lambda out, labels, step: baselines.logit_adjusted_loss(out["logits"], labels, counts)
     return steps.default_loss  # plain, logit_adjustment (adjusted only at prediction) and the decoupled.
