@@ -247,7 +247,8 @@ def checkpoint_metas(workdir: str) -> list[tuple[str, int, dict]]:
 
 def _stored_identity(config, workdir: str, data_identity: dict | None) -> dict | None:
     """Refuses checkpoints written by another configuration or on other data, whatever config.json
-    says; returns the config stored in the latest of them (None: no checkpoint)."""
+    says; returns the config stored in the last phase's checkpoint read (every phase of a run stores
+    the same config; None: no checkpoint)."""
     stored = None
     for phase, step, meta in checkpoint_metas(workdir):
         stored = json.loads(meta["config"])
