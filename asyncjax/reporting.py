@@ -18,6 +18,23 @@ def _format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0, seconds))))
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX tries `import torch` at
+    import time (for its PyTorch graph export, unused here), and where torch is installed (the
+    checkpoint converter's extra) that costs every run about 2 s of start-up. A `None` entry in
+    sys.modules makes that import fail fast; it is removed again at once, so that torch stays
+    importable for anything else in the process."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class Reporter:
     def __init__(self, workdir: str | None):
         """`workdir=None`: print only (a dry run writes nothing)."""
@@ -30,8 +47,7 @@ class Reporter:
             self._jsonl = files.append_lines(os.path.join(workdir, "metrics.jsonl"))
             self._log = files.append_lines(os.path.join(workdir, "log.txt"))  # The printed lines, kept.
             try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = _summary_writer()(os.path.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard files are optional; metrics.jsonl always exists.
                 self._tb = None
 
