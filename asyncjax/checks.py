@@ -23,7 +23,7 @@ import time
 
 import ml_collections
 
-from asyncjax import config_utils, files, methods
+from asyncjax import calibration, config_utils, files, methods
 from asyncjax.data.sampling import STRATEGIES
 from asyncjax.models import BACKBONES, HEADS
 from asyncjax.models.conv import CONV_WEIGHT_GRADS
@@ -34,18 +34,25 @@ IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.
                  # Your own data (configs/custom.py): which kind and which TFDS dataset. Paths are not
                  # identity (a carried run reads its data from another root); the classes are, and
                  # the checkpoints' own record of them is checked (check_workdir's data_identity).
-                 "data.kind", "data.name")
+                 "data.kind", "data.name",
+                 # Phase II's own choices (a phase II trained with other ones is another run).
+                 "phase2_old_rows", "phase2_seed")
 # What a phase I depends on: phase1_from refuses a workdir whose phase I differs in any of them.
 PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_seed", "split.num_head_classes",
                "model.backbone", "model.head", "model.dtype", "model.cosine_scale_init", "seed", "init_from",
                "mesh.model")  # mesh.model: the head's padding for the model axis (its checkpoint's shape).
 
 
+# Keys added since the first workdirs: what a config written before them meant.
+ADDED_KEYS = {"phase2_old_rows": "train", "phase2_seed": -1}
+
+
 def get(config, dotted: str, default=""):
-    """config['a']['b'] for 'a.b'; `default` where a workdir written by an older version lacks it."""
+    """config['a']['b'] for 'a.b'; where a workdir written by an older version lacks it, its
+    ADDED_KEYS value, else `default`."""
     for part in dotted.split("."):
         if part not in config:
-            return default
+            return ADDED_KEYS.get(dotted, default)
         config = config[part]
     return config
 
@@ -79,6 +86,11 @@ def validate_config(config) -> None:
     one_of("model.dtype", ("float32", "bfloat16"))
     one_of("model.conv_weight_grad", CONV_WEIGHT_GRADS)
     one_of("phase2_init", ("random", "imprint"))
+    one_of("phase2_old_rows", ("train", "freeze"))
+    one_of("calibration.kind", calibration.KINDS)
+    if config.calibration.kind != "none" and config.method != "async":
+        raise ValueError(f"calibration.kind={config.calibration.kind!r} corrects phase II's logits and needs "
+                         f"method=async (method=logit_adjustment is the joint model's own), got {config.method!r}")
     one_of("loss.retention_reduction", ("mean", "sum"))
     one_of("decoupling.ncm_metric", ("cosine", "euclidean"))
     one_of("data.source", ("tfds", "list"))

@@ -152,6 +152,20 @@ def common_config() -> ml_collections.ConfigDict:
         logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
+    # Phase II remedies for the head's loss (RESULTS.md "Phase II that keeps the head"); the
+    # defaults are the paper's method.
+    config.phase2_old_rows = "train"    # "train", or "freeze": W_c1 (phase I's classifier rows) fixed in phase II.
+    config.phase2_seed = -1             # Phase II's randomness (W_c2's init, batch order, augmentation):
+                                        # -1 follows `seed`; >= 0 varies phase II alone, so that several
+                                        # phase-II seeds share one phase1_from.
+    # A post-hoc offset on the final model's logits, its value chosen on the validation split
+    # (asyncjax/calibration.py): "none", "tail_bias" (b on the tail rows) or "logit_adjustment"
+    # (-tau log prior). grid: the values tried (empty: calibration.GRIDS). Every run with a
+    # validation split also records what each kind would give there (results.json "calibration").
+    config.calibration = ml_collections.ConfigDict(dict(kind="none", grid=()))
+    # False: validation figures only (studies choosing settings); the test split is not loaded and
+    # results.json holds no test figure. Needs a validation split.
+    config.read_test = True
     # Phase II from the finished phase I of another workdir (async): its final phase-I checkpoint,
     # and its memory bank when K is the same. That workdir is only read. Phase-II studies train
     # phase I once and each variant from it.

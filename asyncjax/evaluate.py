@@ -93,24 +93,41 @@ class Evaluator:
 
     def predictions_and_features(self, model, state, table, indices=None) -> tuple[np.ndarray, np.ndarray]:
         """(top-1 output rows, features) of the rows `indices` (default: all) of an image table."""
+        out = self._run(model, lambda shardings: self.program(model, shardings), state, table, indices)
+        return out["prediction"], out["features"]
+
+    def logits(self, model, state, table, indices=None) -> np.ndarray:
+        """[N, C] logits (no offset) of the rows `indices` (default: all) of an image table: what
+        a post-hoc calibration is chosen on (calibration.py)."""
+        preprocess, mesh, width = self.ctx.eval_preprocess, self.ctx.mesh, model.head.num_classes
+
+        def make(shardings):
+            apply = lambda variables, images: {
+                "logits": model.apply(variables, preprocess(images, None), train=False)["logits"][:, :width]}
+            return jax.jit(apply, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                           out_shardings=sharding.batch_sharding(mesh))
+        return self._run(("logits", model), make, state, table, indices)["logits"]
+
+    def _run(self, key, make, state, table, indices) -> dict[str, np.ndarray]:
+        """The program `make(variable shardings)` (compiled once per `key`) over the rows `indices`
+        of `table`, in batches; every output gathered on every process."""
         mesh = self.ctx.mesh
         indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         batch = eval_batch(len(indices), mesh)
-        if model not in self._programs:
-            self._programs[model] = self.program(model, jax.tree.map(lambda x: x.sharding, variables))
-        predict = self._programs[model]
-        predictions, features = [], []
+        if key not in self._programs:
+            self._programs[key] = make(jax.tree.map(lambda x: x.sharding, variables))
+        program = self._programs[key]
+        outputs = []
         chunks = [indices[start:start + batch] for start in range(0, len(indices), batch)]
         # The last chunk is padded with its first row up to a whole batch (results dropped).
         padded = [np.concatenate([c, np.full(batch - len(c), c[0])]) for c in chunks]
         local_batches = table.batches([sharding.process_slice(p, mesh) for p in padded], training=False)
         for chunk, local in zip(chunks, local_batches):
-            out = predict(variables, sharding.global_batch({"images": local}, mesh, batch)["images"])
+            out = program(variables, sharding.global_batch({"images": local}, mesh, batch)["images"])
             out = multihost_utils.process_allgather(out, tiled=True)
-            predictions.append(np.asarray(out["prediction"])[:len(chunk)])
-            features.append(np.asarray(out["features"])[:len(chunk)])
-        return np.concatenate(predictions), np.concatenate(features)
+            outputs.append({k: np.asarray(v)[:len(chunk)] for k, v in out.items()})
+        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
     def shot_fractions(self, model, state, split, first_rows: tuple = (None,)) -> list[dict]:
         """shot_accuracy (fractions) on an EvalSplit, for each entry of `first_rows`: over all its
@@ -144,8 +161,10 @@ class Evaluator:
 
     def final(self, model, state) -> dict:
         """The reported figures of a final model: test_percent, and `val` (val_percent) where the
-        data has a validation split."""
+        data has a validation split; `val` alone where the test split is not read (read_test=False)."""
+        val = self.val_percent(model, state)
+        if self.ctx.test is None:
+            return {"val": val, "train_counts": self.ctx.counts.tolist()}
         predictions, _ = self.predictions_and_features(model, state, self.ctx.test.images)
         result = self.test_percent(predictions)
-        val = self.val_percent(model, state)
         return {**result, "val": val} if val else result

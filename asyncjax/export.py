@@ -5,7 +5,9 @@ numpy archive: names joined with '/', e.g. `params/backbone/conv1/kernel`,
 `batch_stats/backbone/bn1/mean`, plus `class_ids` (output row -> original class
 id), `step` and `config` (the run's configuration, JSON text; `asyncjax.predict
 --model` reads it), and, where the run knew them, `class_names` (by output row) and
-`image_shape` (the training images' H, W, C). Read it back with np.load(path, allow_pickle=False). The final phase is
+`image_shape` (the training images' H, W, C), and `logit_offset` ([C], by output row) where
+the final model's logits are corrected after training (calibration.kind, method=logit_adjustment:
+add it to the logits before the softmax or argmax). Read it back with np.load(path, allow_pickle=False). The final phase is
 exported (phase II; or cRT's re-trained classifier; or the joint phase of the
 other baselines); --phase=phase1 exports the phase-I model.
 """
@@ -16,7 +18,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from asyncjax import files
+from asyncjax import calibration, files
 from asyncjax.archive import flatten
 from asyncjax.methods import FINAL_FIRST
 
@@ -62,6 +64,10 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
             arrays["class_names"] = np.asarray([meta["class_names"][c] for c in arrays["class_ids"]])
         if meta.get("image_shape"):
             arrays["image_shape"] = np.asarray(meta["image_shape"], np.int64)
+        saved = calibration.load(workdir)
+        final = next(p for p in FINAL_FIRST if os.path.isdir(os.path.join(root, p)))
+        if saved and name == final:  # The final model's post-hoc offset (calibration.py), by output row.
+            arrays["logit_offset"] = np.asarray(saved["offset"], np.float32)
         return name, arrays
     raise FileNotFoundError(f"no checkpoint to export in {workdir!r}"
                             + (f" for phase {phase}" if phase else "") + " (expected checkpoints/<phase>/<step>)")

@@ -144,7 +144,7 @@ class HostBatches:
         positions = [sharding.process_slice(self.sampler.batch(epoch, s), ctx.mesh)
                      for s in range(first_step, self.sampler.steps_per_epoch)]
         images = ctx.data.train_images.batches([rows[p] for p in positions], training=True,
-                                               key=(ctx.config.seed, PHASE_IDS[self.spec.name], epoch),
+                                               key=(ctx.seed_of(self.spec.name), PHASE_IDS[self.spec.name], epoch),
                                                start=first_step)
         return zip(positions, images)
 
@@ -231,7 +231,7 @@ def train_phase(ctx, spec: programs.PhaseSpec, evaluator, stop: StopFlag):
                       f"global batch {recipe.batch_size}, lr {optim.scaled_learning_rate(recipe):g}, "
                       f"{ctx.mesh.size} devices")
     dispatch = (ResidentBatches if built.multi_step is not None else HostBatches)(ctx, spec, built)
-    rng = jax.random.fold_in(ctx.rng, PHASE_IDS[spec.name])
+    rng = jax.random.fold_in(ctx.rng_of(spec.name), PHASE_IDS[spec.name])
     started = time.time()
     step_number = int(state.step)
     progress = Progress(ctx, spec.name, recipe, total, step_number)

@@ -4,6 +4,8 @@ linear warm-up, then step decay or cosine decay to 0."""
 from __future__ import annotations
 
 import flax.traverse_util
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -52,14 +54,31 @@ def _class_scale_labels(params):
 TRAINABLE = ("all", "head", "class_scale")
 
 
-def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, trainable: str = "all"):
+def freeze_head_columns(num: int) -> optax.GradientTransformation:
+    """Zeroes the updates of the classifier's first `num` classes (the last axis of the head's
+    kernel and bias): phase II's phase2_old_rows=freeze keeps W_c1 as phase I left it, whatever
+    weight decay and momentum computed before this. The cosine scale sigma stays trained."""
+    def mask(path, update):
+        names = [getattr(part, "key", None) for part in path]
+        if names[0] == "head" and names[-1] in ("kernel", "bias"):
+            return update * (jnp.arange(update.shape[-1]) >= num).astype(update.dtype)
+        return update
+    return optax.stateless(lambda updates, params: jax.tree_util.tree_map_with_path(mask, updates))
+
+
+def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int, *, trainable: str = "all",
+                   frozen_head_columns: int = 0):
     """Returns (optax transformation, schedule). The head's lr is the scheduled lr times
     `head_lr_multiplier` (Places-LT: 0.05 / 5e-4), the backbone's times `backbone_lr_multiplier`.
     `trainable="head"` leaves
     W_r untouched (no update, no weight decay): classifier re-training (cRT);
-    `"class_scale"` trains only LWS's per-class scales."""
+    `"class_scale"` trains only LWS's per-class scales. `frozen_head_columns` > 0: the first
+    classes' columns of the head stay fixed (freeze_head_columns)."""
     if trainable not in TRAINABLE:
         raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+    if frozen_head_columns:
+        tx, schedule = make_optimizer(recipe, steps_per_epoch, trainable=trainable)
+        return optax.chain(tx, freeze_head_columns(frozen_head_columns)), schedule
     schedule = learning_rate_schedule(recipe, steps_per_epoch)
 
     def sgd(multiplier):

@@ -1,7 +1,7 @@
 """Command line: python -m asyncjax.predict --workdir=DIR IMAGE [IMAGE ...] [--top_k=5] [--json]
 
 Prints, for each image, the top-k classes of the final model (or --phase=phase1) with their
-softmax probabilities: one line per image, or one JSON object per line with --json. Instead of
+softmax probabilities (of the logits with the run's post-hoc offset, where it has one): one line per image, or one JSON object per line with --json. Instead of
 a workdir, --model=model.npz reads an archive written by `python -m asyncjax.export`. Class
 names come from --class_names (one name per line, by original class id) or, for CIFAR-100, from
 fine_label_names.txt beside the run's `data.cifar100_dir`; otherwise classes are printed by id.
@@ -107,7 +107,10 @@ def predict(arrays: dict, paths, top_k: int, names: dict[int, str] | None = None
     images = prepare(paths, config, shape)
     preprocess = augment.get_preprocess(config.dataset)[1]  # Evaluation: the same for every size.
     logits = jax.jit(lambda v, x: model.apply(v, preprocess(x, None), train=False)["logits"])(variables, images)
-    probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    logits = logits[:, :len(class_ids)].astype(jnp.float32)
+    if "logit_offset" in arrays:  # The run's post-hoc correction (calibration.py), as its figures had it.
+        logits = logits + jnp.asarray(arrays["logit_offset"], jnp.float32)
+    probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
     results = []
     for path, p in zip(paths, probabilities):
         order = np.argsort(-p)[:top_k]

@@ -39,6 +39,7 @@ class PhaseSpec:
     extra_shardings: tuple = ()
     batch_extras: Callable | None = None  # labels -> extra batch entries (phase II: is_memory).
     trainable: str = "all"               # optim.make_optimizer: "all", "head" or "class_scale".
+    frozen_head_columns: int = 0         # optim.make_optimizer: the head's first classes held fixed.
     model_options: dict = dataclasses.field(default_factory=dict)
     meta_extra: dict = dataclasses.field(default_factory=dict)  # Saved with each checkpoint.
 
@@ -85,7 +86,8 @@ def jit_scanned_steps(step: Callable, batch_extras, state_shardings, extra_shard
 def build(ctx, spec: PhaseSpec) -> PhasePrograms:
     """The model, optimiser and jitted programs of `spec` over its training rows."""
     recipe, sampler = ctx.recipe(spec.name), ctx.sampler(spec.name, spec.rows)
-    tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=spec.trainable)
+    tx, schedule = optim.make_optimizer(recipe, sampler.steps_per_epoch, trainable=spec.trainable,
+                                        frozen_head_columns=spec.frozen_head_columns)
     model = ctx.build_model(spec.num_outputs, **spec.model_options)
     init = lambda *inputs: spec.init(model, tx, *inputs)
     abstract = jax.eval_shape(init, *spec.init_inputs)

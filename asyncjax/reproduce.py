@@ -39,7 +39,11 @@ factor at a time, e.g. after a one-factor study:
     python -m asyncjax.reproduce --study=phase2 --budget=medium --seeds=2 --workdir=DIR ... \
         --grid=phase2.base_lr=0.1,0.03,0.01 --grid=loss.retention_weight_base=1,2,4
 
-writes DIR/study_phase2_<budget>_grid.md and .json. The table can then reuse the study's phase I
+writes DIR/study_phase2_<budget>_grid.md and .json. Study runs read no test split (read_test=False);
+each records, beside its own figures, what the post-hoc corrections of calibration.py give on
+validation (a second table). --phase2_seeds makes the seeds phase II's alone, every base and
+variant from the one phase I of --config.phase1_from (DIR/base_p2seed<s>): a study at the full
+budget from a finished 200-epoch run costs phase II only. The table can then reuse the study's phase I
 for the async rows: --async_phase1_from=DIR/base_seed{seed} (seeds without one train their own; a
 seed that finished from one is still reported after that directory is gone). A variant's directory
 names only the settings that differ from the defaults, so one-factor and grid studies in one DIR
@@ -92,6 +96,8 @@ def define_flags():
     flags.DEFINE_string("async_phase1_from", "", "Table rows of the async method: ROOT/base_seed{seed}; a seed "
                         "whose directory exists starts phase II from its phase I (e.g. a phase-II study's), the "
                         "others train their own.")
+    flags.DEFINE_bool("phase2_seeds", False, "With --study: the seeds vary phase II alone (phase2_seed), "
+                      "every run from the one phase I of --config.phase1_from.")
     flags.DEFINE_multi_string("grid", [], "With --study: KEY=V1,V2,... (repeat the flag per key): the variants "
                               "are every combination of the keys' values (a joint grid), not one factor at a time.")
     flags.mark_flag_as_required("workdir")
@@ -196,7 +202,7 @@ def main(argv, overrides=()):
         raise app.UsageError("--grid needs --study=phase2")
     if FLAGS.study != "none":
         table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides),
-                      parse_grid(FLAGS.grid))
+                      parse_grid(FLAGS.grid), FLAGS.phase2_seeds)
     elif FLAGS.ablation != "none":
         values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
         imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100

@@ -47,7 +47,7 @@ class Context:
     data: longtail.LongTailData
     split: longtail.ClassSplit          # Rank order of the classes and C1.
     train_labels: np.ndarray            # Output rows of the training images.
-    test: EvalSplit                     # Read once, for the final figures.
+    test: EvalSplit | None              # Read once, for the final figures (None: read_test=False).
     monitor: EvalSplit                  # Monitoring while training: validation where there is one, else test.
     counts: np.ndarray                  # n_j by output row.
     mesh: jax.sharding.Mesh
@@ -77,6 +77,18 @@ class Context:
     @property
     def all_rows(self) -> np.ndarray:
         return np.arange(len(self.train_labels))
+
+    # ---- randomness ------------------------------------------------------------------------
+    def seed_of(self, phase: str) -> int:
+        """The seed of `phase`'s randomness: `seed`, or phase II's own `phase2_seed` (>= 0)."""
+        if phase == "phase2" and self.config.phase2_seed >= 0:
+            return self.config.phase2_seed
+        return self.config.seed
+
+    def rng_of(self, phase: str) -> jax.Array:
+        """The key `phase`'s draws fold in from (the run's `rng` unless phase2_seed is set)."""
+        seed = self.seed_of(phase)
+        return self.rng if seed == self.config.seed else jax.random.key(seed)
 
     @property
     def val(self) -> EvalSplit | None:
@@ -120,7 +132,7 @@ class Context:
     def sampler(self, phase: str, rows: np.ndarray) -> EpochSampler:
         """Phase `phase`'s batch order over the training rows `rows`."""
         recipe = self.recipe(phase)
-        return EpochSampler(self.train_labels[rows], recipe.batch_size, seed=self.config.seed,
+        return EpochSampler(self.train_labels[rows], recipe.batch_size, seed=self.seed_of(phase),
                             phase=PHASE_IDS[phase], strategy=recipe.sampler, total_epochs=recipe.epochs,
                             max_steps_per_epoch=recipe.max_steps_per_epoch)
 
@@ -145,7 +157,7 @@ class Context:
     def data_summary(self) -> list[str]:
         """The data as this run sees it, one fact a line."""
         counts, split, data = self.counts, self.split, self.data
-        sizes = data.split_sizes or {"train": len(self.train_labels), "test": len(self.test.labels),
+        sizes = data.split_sizes or {"train": len(self.train_labels), "test": len(data.test_labels),
                                      **({"val": len(self.val.labels)} if self.val else {})}
         groups = {name: int(mask.sum()) for name, mask in longtail.shot_groups(counts).items()}
         height, width, channels = data.image_shape
@@ -184,6 +196,11 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool 
     # Monitoring: validation where the benchmark has one, so the test split is only read at the end.
     monitor = (EvalSplit(data.val_images, split.to_rank(data.val_labels), "val") if data.val_images is not None
                else test)
+    if not config.read_test:
+        if monitor is test or data.test_images is data.val_images:
+            raise ValueError("read_test=False needs a validation split apart from the test split "
+                             "(CIFAR-100-LT: data.val_per_class > 0)")
+        test = None  # Nothing below can read it.
     checks.check_devices(config, jax.device_count() if devices is None else len(devices))
     mesh = sharding.make_mesh(config.mesh.model, devices)
     context = Context(config=config, config_json=config_json, workdir=workdir, data=data, split=split,

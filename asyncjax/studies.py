@@ -28,7 +28,8 @@ STUDY = {
     "phase2.backbone_lr_multiplier": ["1", "0.1"],
     "phase2.batch_norm": ["update", "freeze"],
     "phase2_init": ["random", "imprint"],
-    "memory.per_class": ["5", "10", "20"],
+    "memory.per_class": ["5", "10", "20", "40"],
+    "phase2_old_rows": ["train", "freeze"],
     "phase2.sampler": ["instance", "class_balanced"],
     "phase2.epoch_fraction": ["1", "0.5", "0.25"],
 }
@@ -58,10 +59,20 @@ def ablate(workdir: str, name: str, values, budget: str, seeds: int, imbalance: 
     return text
 
 
-def variant_config(settings, seed: int, budget: str, overrides, base_dir: str):
+def study_config(seed: int, budget: str, overrides, phase2_seeds: bool):
+    """A study run's defaults: validation figures only (read_test=False). `seed` is the run's seed,
+    or with `phase2_seeds` phase II's alone (phase2_seed; phase I is seed 0's, from phase1_from)."""
+    config = row_config("async", 100, 0 if phase2_seeds else seed, budget, overrides)
+    if phase2_seeds:
+        config.phase2_seed = seed
+    config.read_test = False
+    return config
+
+
+def variant_config(settings, seed: int, budget: str, overrides, base_dir: str, phase2_seeds: bool = False):
     """The study's variant: the defaults with each (key, value) of `settings`, phase II from
     `base_dir`'s phase I."""
-    config = row_config("async", 100, seed, budget, overrides)
+    config = study_config(seed, budget, overrides, phase2_seeds)
     for key, value in settings:
         if key == "phase2.epoch_fraction":
             recipe = config.phase2
@@ -100,12 +111,24 @@ def _is_default(key: str, value: str, base) -> bool:
     return node == other
 
 
-def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=()) -> str:
+def calibrated(results) -> dict:
+    """{kind: {'value', 'overall', 'many', 'medium', 'few'}} of each post-hoc correction on
+    validation (results.json's "calibration" record), for the kinds other than "none"."""
+    options = (results.get("calibration") or {}).get("options", {})
+    return {kind: {"value": o["value"], **{k: o["val"][k] for k in ("overall", "many", "medium", "few")}}
+            for kind, o in options.items() if kind != "none"}
+
+
+def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), phase2_seeds: bool = False) -> str:
     """Phase II from one phase I per seed: the defaults (`base_seed<s>`, a whole async run) and each
     variant from its seed's phase I, named by the settings it changes (`<key>=<value>[,...]_seed<s>`,
     so a variant two studies share is trained once). Variants: each factor's values alone, or with
-    `grid` ([(key, values)]) every combination. Validation figures only: the settings are chosen on
-    them, never on the test split."""
+    `grid` ([(key, values)]) every combination. Validation figures only (the runs do not read the
+    test split): the settings are chosen on them. `phase2_seeds`: the seeds are phase II's alone
+    (phase2_seed), every base from the one phase I of --config.phase1_from (`base_p2seed<s>`)."""
+    if phase2_seeds and not any(o.startswith("--config.phase1_from=") for o in overrides):
+        raise ValueError("--phase2_seeds needs --config.phase1_from (the one phase I the seeds share)")
+    tag = "p2seed" if phase2_seeds else "seed"
     unknown = [f for f in factors if f not in STUDY]
     if unknown:
         raise ValueError(f"unknown study factors {unknown}; choose from {list(STUDY)}")
@@ -116,10 +139,10 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=()) ->
         points = [[(key, value)] for key in factors for value in STUDY[key]]
     bases = {}
     for seed in range(seeds):
-        base_dir = os.path.join(workdir, f"base_seed{seed}")
-        print(f"=== study phase2, defaults, seed {seed}: {base_dir}", flush=True)
-        bases[seed] = (base_dir, row_config("async", 100, seed, budget, overrides),
-                       train.run(row_config("async", 100, seed, budget, overrides), base_dir))
+        base_dir = os.path.join(workdir, f"base_{tag}{seed}")
+        print(f"=== study phase2, defaults, {tag} {seed}: {base_dir}", flush=True)
+        bases[seed] = (base_dir, study_config(seed, budget, overrides, phase2_seeds),
+                       train.run(study_config(seed, budget, overrides, phase2_seeds), base_dir))
     rows = []
     for settings in points:
         results = []
@@ -128,35 +151,54 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=()) ->
             if not changed:
                 results.append(base_results)
                 continue
-            directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_seed{seed}")
-            print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, seed {seed}: {directory}",
+            directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_{tag}{seed}")
+            print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, {tag} {seed}: {directory}",
                   flush=True)
             # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
             # that phase I on: only a workdir that trained phase I holds its checkpoints.
             source = base_config.phase1_from or base_dir
-            results.append(train.run(variant_config(changed, seed, budget, overrides, source), directory))
+            results.append(train.run(variant_config(changed, seed, budget, overrides, source, phase2_seeds),
+                                     directory))
         row = {"settings": dict(settings), "seeds": len(results), "val_classes": results[0]["val"]["classes"],
                **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
                "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]}
+        options = [calibrated(r) for r in results]
+        if all(options):  # Each post-hoc correction at its value chosen on validation, per seed.
+            row["calibrated"] = {kind: {k: [o[kind][k] for o in options] for k in options[0][kind]}
+                                 for kind in options[0]}
         if not grid:
             row["key"], row["value"] = settings[0]
         rows.append(row)
+    os.makedirs(workdir, exist_ok=True)
     stem = os.path.join(workdir, f"study_phase2_{budget}" + ("_grid" if grid else ""))
     keys = [key for key, _ in grid]
     what = ("Every combination of the grid's values" if grid else "Each factor varies alone from the defaults")
-    lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds} phase I(s)", "",
+    seeds_are = (f"{seeds} phase-II seed(s) from one phase I" if phase2_seeds else f"{seeds} phase I(s)")
+    lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds_are}", "",
              f"Top-1 accuracy (%) on the validation split ({rows[0]['val_classes'] if rows else '-'} classes "
              f"with validation images); mean ± std over seeds. {what}; "
-             "every variant starts from its seed's phase I. Chosen on these only: each run's results.json "
-             "also holds its test figures, not used here.", "",
+             "every variant starts from its seed's phase I. The runs do not read the test split "
+             "(read_test=False).", "",
              "| " + (" | ".join(keys) if grid else "factor | value") + " | overall | many | medium | few |",
              "|" + "---|" * ((len(keys) if grid else 2) + 4)]
     for row in rows:
         names = [row["settings"][k] for k in keys] if grid else [row["key"], row["value"]]
         lines.append("| " + " | ".join(names) + " | " + " | ".join(
             mean_std(row[k]) for k in ("overall", "many", "medium", "few")) + " |")
+    if any("calibrated" in row for row in rows):
+        lines += ["", "With a post-hoc correction of the final logits (calibration.py), its value chosen on the "
+                  "same validation split per run (so these figures are optimistic by that choice):", "",
+                  "| " + (" | ".join(keys) if grid else "factor | value")
+                  + " | correction | value | overall | many | medium | few |",
+                  "|" + "---|" * ((len(keys) if grid else 2) + 6)]
+        for row in rows:
+            names = [row["settings"][k] for k in keys] if grid else [row["key"], row["value"]]
+            for kind, figures in row.get("calibrated", {}).items():
+                lines.append("| " + " | ".join([*names, kind, " / ".join(f"{v:g}" for v in figures["value"])])
+                             + " | " + " | ".join(mean_std(figures[k]) for k in ("overall", "many", "medium", "few"))
+                             + " |")
     text = "\n".join(lines) + "\n"
     files.write_text(stem + ".md", text)
     files.write_text(stem + ".json", json.dumps({"study": "phase2", "budget": budget, "seeds": seeds,
-                                                  "grid": keys, "rows": rows}))
+                                                  "phase2_seeds": phase2_seeds, "grid": keys, "rows": rows}))
     return text

@@ -51,21 +51,27 @@ def _execute(ctx: setup.Context) -> dict:
     results_path = os.path.join(ctx.workdir, "results.json")
     if os.path.exists(results_path):
         results = files.read_json(results_path)
-        ctx.reporter.info(f"{ctx.workdir} is complete: {evaluate.summary(results)}")
+        ctx.reporter.info(f"{ctx.workdir} is complete: {evaluate.summary(results if 'overall' in results else results['val'])}")
         return results
     method = ctx.config.method
     with loop.StopFlag() as stop, jax.set_mesh(ctx.mesh):
         results = runner_of(method).run(ctx, evaluator_of(ctx), stop)
         results["method"] = method
+    read_test = ctx.test is not None
     results.update({"config": json.loads(ctx.config_json), "data_note": ctx.data.note,
-                    "evaluated_on": "val" if ctx.data.test_images is ctx.data.val_images else "test",
+                    "evaluated_on": "val" if ctx.data.test_images is ctx.data.val_images or not read_test else "test",
+                    "test_read": read_test,
                     "class_names": ctx.class_names_by_row(),
                     "num_classes": ctx.split.num_classes, "devices": jax.device_count(),
                     "rank_to_class": ctx.split.rank_to_class.tolist()})
     if jax.process_index() == 0:
         files.write_json(results_path, results)
-    ctx.reporter.info(f"final test accuracy: {evaluate.summary(results)}"
-                      + (f" [{ctx.data.note}]" if ctx.data.note else ""))
+    if read_test:
+        ctx.reporter.info(f"final test accuracy: {evaluate.summary(results)}"
+                          + (f" [{ctx.data.note}]" if ctx.data.note else ""))
+    else:
+        ctx.reporter.info(f"final validation accuracy: {evaluate.summary(results['val'])} (read_test=False: "
+                          "the test split was not read)")
     return results
 
 
@@ -98,7 +104,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str, timed_steps: int = 
     groups = {name: int(mask.sum()) for name, mask in longtail.shot_groups(counts).items()}
     print(f"data: {ctx.config.dataset}, {len(ctx.train_labels)} training images in {split.num_classes} classes "
           f"(largest {counts.max()}, smallest {counts.min()}; many/medium/few classes {groups}); "
-          f"{split.num_head} head + {split.num_tail} tail classes; test {len(ctx.test.labels)} images"
+          f"{split.num_head} head + {split.num_tail} tail classes; test {len(ctx.data.test_labels)} images"
+          + ("" if ctx.test is not None else " (not read: read_test=False)")
           + (f"; validation {len(ctx.val.labels)} images" if ctx.val else ""))
     with jax.set_mesh(ctx.mesh):
         planned = runner_of(ctx.config.method).plan(ctx)

@@ -4,6 +4,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from asyncjax import config_utils, optim
@@ -75,3 +76,27 @@ def test_cifar_recipe_decays_by_a_hundredth_at_160_and_again_at_180():
     assert config.phase2.decay_factor == 0.01
     places = config_utils.load_config_file("configs/places_lt.py")
     assert places.phase1.decay_factor == 0.01  # The paper: "by 0.01" on Places-LT too.
+
+
+def test_frozen_head_columns_do_not_move_while_the_rest_trains():
+    """phase2_old_rows=freeze: the first classes' columns of the head (kernel and bias) stay
+    exactly as they were through weight decay and momentum; the other columns and the backbone
+    train as without the freeze."""
+    recipe = config_utils.phase_recipe(epochs=2, batch_size=8, base_lr=0.1, base_batch_size=8, schedule="step")
+    params = {"backbone": {"conv": {"kernel": jnp.ones((3, 4))}},
+              "head": {"fc": {"kernel": jnp.ones((4, 6)), "bias": jnp.ones((6,))}}}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+    frozen_tx, _ = optim.make_optimizer(recipe, steps_per_epoch=5, frozen_head_columns=4)
+    plain_tx, _ = optim.make_optimizer(recipe, steps_per_epoch=5)
+    frozen, plain = params, params
+    frozen_state, plain_state = frozen_tx.init(params), plain_tx.init(params)
+    for _ in range(3):
+        updates, frozen_state = frozen_tx.update(grads, frozen_state, frozen)
+        frozen = optax.apply_updates(frozen, updates)
+        updates, plain_state = plain_tx.update(grads, plain_state, plain)
+        plain = optax.apply_updates(plain, updates)
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(frozen["head"]["fc"][name][..., :4], params["head"]["fc"][name][..., :4])
+        np.testing.assert_array_equal(frozen["head"]["fc"][name][..., 4:], plain["head"]["fc"][name][..., 4:])
+        assert not np.allclose(plain["head"]["fc"][name][..., :4], 1.0)
+    np.testing.assert_array_equal(frozen["backbone"]["conv"]["kernel"], plain["backbone"]["conv"]["kernel"])

@@ -379,6 +379,84 @@ def test_memory_bank_and_phase2_wiring(tmp_path, tiny_cifar, uninterrupted):
     assert f"phase2: {tail + results['memory_bank_size']} training images" in output
 
 
+def _phase2_first_step(workdir):
+    """Phase II's first logged step (metrics.jsonl): its cross-entropy depends on W_c2's init and
+    the batch alone, phase II's randomness."""
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return next(line for line in lines if line["phase"] == "phase2" and line["step"] == 1 and "cls" in line)
+
+
+@pytest.mark.xdist_group("uninterrupted")
+def test_phase2_remedies_validation_only_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted):
+    """Phase II with its own seed, W_c1 frozen and a tail bias chosen on validation, from another
+    workdir's phase I, reading no test batch: results.json holds no test figure; the chosen offset
+    is the grid's best on validation, saved, exported and applied by predict."""
+    from asyncjax import calibration, evaluate, predict, setup, train
+
+    config = helpers.tiny_config(tiny_cifar, f"--config.phase1_from={uninterrupted}", "--config.phase2_seed=1",
+                                 "--config.phase2_old_rows=freeze", "--config.calibration.kind=tail_bias",
+                                 "--config.read_test=False")
+    workdir = tmp_path / "remedies"
+    ctx = setup.build(config, str(workdir))
+    assert ctx.test is None
+
+    def no_test(*args, **kwargs):
+        raise AssertionError("a test batch was read")
+    ctx.data.test_images.batches = no_test
+    seen = {}
+    logits_of = evaluate.Evaluator.logits
+
+    def logits_kept(self, *args, **kwargs):  # The validation logits the choice is made on.
+        seen["logits"] = logits_of(self, *args, **kwargs)
+        return seen["logits"]
+    evaluate.Evaluator.logits = logits_kept
+    try:
+        results = train.execute(ctx)
+    finally:
+        evaluate.Evaluator.logits = logits_of
+    assert not {"overall", "many", "medium", "few", "per_class_accuracy"} & set(results)
+    assert results["test_read"] is False and results["evaluated_on"] == "val"
+    assert set(results["phase1"]) == {"val_head"}
+    assert "the test split was not read" in (workdir / "log.txt").read_text()
+    # The tail bias: the grid's best on the validation logits, and the figures with it applied.
+    ctx = setup.build(config, str(tmp_path / "probe"), dry_run=True)
+    c1, labels = ctx.split.num_head, ctx.val.labels
+    record = results["calibration"]
+    assert record["applied"] == "tail_bias" and set(record["options"]) == set(calibration.KINDS)
+    want = calibration.choose(seen["logits"], labels, "tail_bias", (), ctx.counts, c1)
+    assert record["value"] == want["value"] and record["options"]["tail_bias"]["val_overall"] == want["val_overall"]
+    offset = calibration.offset("tail_bias", want["value"], ctx.counts, c1)
+    corrected = evaluate.percent(evaluate.shot_accuracy(np.argmax(seen["logits"] + offset, -1), labels, ctx.counts))
+    assert results["val"]["overall"] == pytest.approx(corrected["overall"]) == pytest.approx(max(want["val_overall"]))
+    saved = json.loads((workdir / calibration.OFFSET_FILE).read_text())
+    np.testing.assert_array_equal(saved["offset"], offset)
+    # W_c1 as phase I left it; W_c2 trained; phase II's own seed drew another first batch / init.
+    final = helpers.export(workdir, tmp_path / "final.npz")
+    phase1 = helpers.export(uninterrupted, tmp_path / "phase1.npz", "--phase=phase1")
+    np.testing.assert_array_equal(final["params/head/kernel"][:, :c1], phase1["params/head/kernel"][:, :c1])
+    assert not np.allclose(final["params/backbone/conv1/kernel"], phase1["params/backbone/conv1/kernel"])
+    assert _phase2_first_step(workdir)["cls"] != _phase2_first_step(uninterrupted)["cls"]
+    # The export carries the offset, and predict's probabilities are softmax(logits + offset).
+    np.testing.assert_array_equal(final["logit_offset"], offset)
+    from PIL import Image
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"image{i}.png"))
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[i])
+    arrays = dict(np.load(tmp_path / "final.npz", allow_pickle=False))
+    with_offset = predict.predict(arrays, paths, top_k=ctx.split.num_classes)
+    arrays.pop("logit_offset")
+    without = predict.predict(arrays, paths, top_k=ctx.split.num_classes)
+    rows = {int(c): r for r, c in enumerate(arrays["class_ids"])}
+    for a, b in zip(with_offset, without):
+        p = np.zeros(len(rows)), np.zeros(len(rows))
+        for target, result in zip(p, (a, b)):
+            for entry in result["top_k"]:
+                target[rows[entry["class_id"]]] = entry["probability"]
+        expected = p[1] * np.exp(offset)
+        np.testing.assert_allclose(p[0], expected / expected.sum(), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.xdist_group("uninterrupted")
 def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted):
     """--config.phase1_from=A: phase II (here with another tau) from A's finished phase I and bank;
@@ -394,6 +472,8 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     b = json.loads((workdir / "results.json").read_text())
     assert b["phase1_from"] == str(uninterrupted) and "val" in b
     assert b["phase1"]["head"] == a["phase1"]["head"]  # The same phase-I model.
+    # phase2_seed unset: phase II's randomness is the seed's, as in the run the phase I came from.
+    assert _phase2_first_step(workdir)["cls"] == _phase2_first_step(uninterrupted)["cls"]
     np.testing.assert_array_equal(np.load(workdir / "memory_bank.npz")["bank"],
                                   np.load(uninterrupted / "memory_bank.npz")["bank"])
     refused = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.seed=1",

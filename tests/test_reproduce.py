@@ -88,6 +88,8 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     assert "validation split" in table
     variant = json.loads((root / "phase2.batch_norm=freeze_seed0" / "results.json").read_text())
     assert variant["phase1_from"] == str(root / "base_seed0")
+    assert "overall" not in variant and variant["test_read"] is False  # Study runs read no test split.
+    assert "With a post-hoc correction" in table and "| tail_bias |" in table and "| logit_adjustment |" in table
     assert variant["config"]["phase2"]["batch_norm"] == "freeze"
     assert not (root / "phase2.batch_norm=update_seed0").exists()  # The default is the base run itself.
     figures = json.loads((root / "study_phase2_smoke.json").read_text())
@@ -170,6 +172,37 @@ def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monk
             assert words in str(error)
         else:
             raise AssertionError(f"--grid={bad} was accepted")
+
+
+def test_phase2_seeds_share_one_phase1_and_read_no_test(tmp_path, monkeypatch):
+    """--phase2_seeds: every base and variant from the one phase I of --config.phase1_from, the
+    seed index varying phase II alone (phase2_seed), no run reading the test split; the
+    corrections each run chose on validation make the second table."""
+    from asyncjax import studies, train
+
+    runs = {}
+
+    def fake_run(config, workdir):
+        runs[workdir] = config
+        score = float(len(runs))
+        val = {"overall": score, "many": score, "medium": score, "few": score, "classes": 99}
+        options = {kind: {"value": 0.5, "val": val} for kind in ("none", "tail_bias", "logit_adjustment")}
+        return {"val": {**val}, "phase1": {"val_head": {"overall": 1.0}},
+                "calibration": {"applied": "none", "value": 0.0, "options": options}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    source = str(tmp_path / "finished_async")
+    text = studies.study(str(tmp_path / "study"), "full", 2, ["phase2_old_rows"],
+                         [f"--config.phase1_from={source}"], phase2_seeds=True)
+    names = sorted(p.rsplit("/", 1)[-1] for p in runs)
+    assert names == ["base_p2seed0", "base_p2seed1", "phase2_old_rows=freeze_p2seed0", "phase2_old_rows=freeze_p2seed1"]
+    for workdir, config in runs.items():
+        seed = int(workdir[-1])
+        assert (config.seed, config.phase2_seed, config.read_test, config.phase1_from) == (0, seed, False, source)
+        assert config.phase2.epochs == 200
+    assert "2 phase-II seed(s) from one phase I" in text and "| phase2_old_rows | freeze | tail_bias | 0.5 / 0.5 |" in text
+    with pytest.raises(ValueError, match="phase1_from"):
+        studies.study(str(tmp_path / "other"), "full", 2, ["phase2_old_rows"], [], phase2_seeds=True)
 
 
 def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monkeypatch):

@@ -176,6 +176,12 @@ def test_joint_baselines_run(tmp_path, tiny_cifar, method):
     results = json.loads((tmp_path / "wd" / "results.json").read_text())
     assert results["method"] == method and 0 <= results["overall"] <= 100
     assert "joint epoch 3/3 step 9/9" in result.stdout
+    exported = helpers.export(tmp_path / "wd", tmp_path / "model.npz")
+    if method == "logit_adjustment":  # Its -tau log(prior) travels with the model, for predict.
+        prior = np.asarray(results["train_counts"]) / np.sum(results["train_counts"])
+        np.testing.assert_allclose(exported["logit_offset"], -1.0 * np.log(prior), rtol=1e-5)
+    else:
+        assert "logit_offset" not in exported
 
 
 @pytest.mark.parametrize("method", ["crt", "lws", "tau_norm", "ncm"])

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asyncjax import checkpointing, evaluate, files, loop, losses, memory, programs, sharding, steps
+from asyncjax import calibration, checkpointing, evaluate, files, loop, losses, memory, programs, sharding, steps
 
 
 # ---- the phases' specs -------------------------------------------------------------------
@@ -46,7 +46,7 @@ def phase2_spec(ctx, state1, rows2: np.ndarray, imprint, old_variables, meta_ext
     config, c1, c = ctx.config, ctx.split.num_head, ctx.split.num_classes
 
     def init(model, tx, params1, batch_stats1, imprint):
-        fresh = model.init(jax.random.fold_in(ctx.rng, 2), jnp.zeros((1, *ctx.data.image_shape)),
+        fresh = model.init(jax.random.fold_in(ctx.rng_of("phase2"), 2), jnp.zeros((1, *ctx.data.image_shape)),
                            train=False)["params"]["head"]
         if imprint is not None:
             fresh = {**fresh, "kernel": fresh["kernel"].at[:, c1:c].set(imprint)}
@@ -62,6 +62,8 @@ def phase2_spec(ctx, state1, rows2: np.ndarray, imprint, old_variables, meta_ext
         extra_shardings=(sharding.state_shardings(frozen_backbone(state1), ctx.mesh),),
         # Phase II's extra batch entry: 1 on exemplars of the memory bank (head-class rows).
         batch_extras=lambda labels: {"is_memory": (labels < c1).astype(np.float32)},
+        # phase2_old_rows=freeze: W_c1's columns get no update (nor weight decay, nor momentum's).
+        frozen_head_columns=c1 if config.phase2_old_rows == "freeze" else 0,
         meta_extra=meta_extra or {})
 
 
@@ -137,16 +139,51 @@ def imprinted_rows(ctx, evaluator, model1, state1) -> np.ndarray:
 
 
 def phase1_figures(ctx, evaluator, model1, state1) -> dict:
-    """The phase-I model on the test split (its head classes, and all), and on validation."""
-    c1 = ctx.split.num_head
-    head, everything = evaluator.shot_fractions(model1, state1, ctx.test, (c1, None))
-    result = {"head": evaluate.percent(head), "all": evaluate.percent(everything)}
+    """The phase-I model on the test split (its head classes, and all; not where read_test=False),
+    and on validation."""
+    c1, result = ctx.split.num_head, {}
+    if ctx.test is not None:
+        head, everything = evaluator.shot_fractions(model1, state1, ctx.test, (c1, None))
+        result = {"head": evaluate.percent(head), "all": evaluate.percent(everything)}
+        ctx.reporter.info(f"phase1 final test accuracy: head classes {result['head']['overall']:.2f}%, "
+                          f"all classes {result['all']['overall']:.2f}%")
     val1 = evaluator.val_percent(model1, state1, c1)
     if val1:  # The phase-I model on the validation images of its own (head) classes.
         result["val_head"] = val1
-    ctx.reporter.info(f"phase1 final test accuracy: head classes {result['head']['overall']:.2f}%, "
-                      f"all classes {result['all']['overall']:.2f}%")
+        if ctx.test is None:
+            ctx.reporter.info(f"phase1 final validation accuracy (head classes): {val1['overall']:.2f}% "
+                              "(test split not read)")
     return result
+
+
+# ---- after phase II ------------------------------------------------------------------------
+def calibrate(ctx, evaluator, model2, state2) -> tuple[dict, dict | None]:
+    """(final figures, calibration record). On the validation split, each correction of
+    calibration.py at its best grid value; the final figures with `calibration.kind`'s applied
+    (its offset saved for export and predict). No validation split: no record, no correction."""
+    config, c1 = ctx.config, ctx.split.num_head
+    if ctx.val is None:
+        return evaluator.final(model2, state2), None
+    logits = evaluator.logits(model2, state2, ctx.val.images)
+    labels = ctx.val.labels
+    options = {}
+    for kind in calibration.KINDS:
+        choice = (calibration.choose(logits, labels, kind, config.calibration.grid if kind == config.calibration.kind
+                                     else (), ctx.counts, c1) if kind != "none" else {"kind": "none", "value": 0.0})
+        offset = calibration.offset(kind, choice["value"], ctx.counts, c1)
+        predictions = np.argmax(logits if offset is None else logits + offset, -1)
+        choice["val"] = evaluate.percent(evaluate.shot_accuracy(predictions, labels, ctx.counts))
+        options[kind] = choice
+    kind = config.calibration.kind
+    record = {"applied": kind, "value": options[kind]["value"], "options": options}
+    summary = ", ".join(f"{k} {o['value']:g}: {o['val']['overall']:.2f}" for k, o in options.items())
+    ctx.reporter.info(f"calibration on validation (overall %, best value of each kind): {summary}; applied: {kind}")
+    if kind == "none":
+        return evaluator.final(model2, state2), record
+    offset = calibration.offset(kind, options[kind]["value"], ctx.counts, c1)
+    if jax.process_index() == 0:
+        calibration.save(ctx.workdir, kind, options[kind]["value"], offset)
+    return evaluate.Evaluator(ctx, offset).final(model2, state2), record
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -173,7 +210,8 @@ def run(ctx, evaluator, stop) -> dict:
     imprint = imprinted_rows(ctx, evaluator, model1, state1) if config.phase2_init == "imprint" else None
     spec2 = phase2_spec(ctx, state1, rows2, imprint, old_variables, meta_extra={"memory_bank": bank.tolist()})
     model2, state2, seconds2 = loop.train_phase(ctx, spec2, evaluator, stop)
-    return {**evaluator.final(model2, state2), "phase1": phase1_result,
+    final, calibrated = calibrate(ctx, evaluator, model2, state2)
+    return {**final, "calibration": calibrated, "phase1": phase1_result,
             "phase1_from": config.phase1_from or None,
             "num_head_classes": ctx.split.num_head, "retention_weight": retention_weight(ctx),
             "memory_bank_size": int((bank >= 0).sum()), "phase2_rows": int(len(rows2)),

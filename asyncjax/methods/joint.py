@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asyncjax import baselines, evaluate, loop, programs, sharding, steps
+from asyncjax import baselines, calibration, evaluate, loop, programs, sharding, steps
 from asyncjax.methods import DECOUPLED
 
 
@@ -110,9 +110,17 @@ def decoupled(ctx, evaluator, stop, joint_model, joint_state) -> dict:
     if method == "ncm":
         _, train_features = evaluator.predictions_and_features(joint_model, joint_state, ctx.data.train_images)
         means = baselines.class_means(train_features, ctx.train_labels, ctx.split.num_classes)
-        _, test_features = evaluator.predictions_and_features(joint_model, joint_state, ctx.test.images)
-        predictions = np.asarray(baselines.ncm_predict(test_features, means, metric=ctx.config.decoupling.ncm_metric))
-        return evaluator.test_percent(predictions)
+        figures = {}
+        for split in (ctx.test, ctx.val):  # The final figures on test, and on validation (`val`).
+            if split is not None:
+                _, features = evaluator.predictions_and_features(joint_model, joint_state, split.images)
+                predictions = np.asarray(baselines.ncm_predict(features, means, metric=ctx.config.decoupling.ncm_metric))
+                if split is ctx.test:
+                    figures.update(evaluator.test_percent(predictions))
+                else:
+                    figures["val"] = {**evaluate.percent(evaluate.shot_accuracy(predictions, split.labels, ctx.counts)),
+                                      "classes": int(len(np.unique(split.labels)))}
+        return figures
     model, state, _ = loop.train_phase(ctx, classifier_spec(ctx, joint_state), evaluator, stop)
     return evaluator.final(model, state)
 
@@ -120,9 +128,14 @@ def decoupled(ctx, evaluator, stop, joint_model, joint_state) -> dict:
 def run(ctx, evaluator, stop) -> dict:
     model, state, seconds = loop.train_phase(ctx, joint_spec(ctx), evaluator, stop)
     method = ctx.config.method
+    offset = logit_offset(ctx)
+    if offset is not None and jax.process_index() == 0:  # For export and predict, as async's calibration.
+        calibration.save(ctx.workdir, "logit_adjustment", ctx.config.loss.logit_adjustment_tau, offset)
     if method not in DECOUPLED:
         return {**evaluator.final(model, state), "wall_time_s": {"joint": seconds}}
-    joint = evaluate.percent(evaluator.shot_fractions(model, state, ctx.test)[0])
+    # The joint model's own figures: on test, or on validation where the test split is not read.
+    own = evaluate.percent(evaluator.shot_fractions(model, state, ctx.test or ctx.val)[0])
+    joint = {"joint": own} if ctx.test is not None else {"joint_val": own}
     started = time.time()
     result = decoupled(ctx, evaluator, stop, model, state)
-    return {**result, "joint": joint, "wall_time_s": {"joint": seconds, method: time.time() - started}}
+    return {**result, **joint, "wall_time_s": {"joint": seconds, method: time.time() - started}}
