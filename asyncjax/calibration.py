@@ -72,9 +72,14 @@ def choose(logits, labels, kind: str, grid, counts, num_head: int) -> dict:
     values = grid_of(kind, grid)
     accuracy = [100.0 * float(np.mean(np.argmax(logits + offset(kind, v, counts, num_head), -1) == labels))
                 for v in values]
+    return {"kind": kind, "value": best_value(values, accuracy), "grid": list(values), "val_overall": accuracy}
+
+
+def best_value(values, accuracy) -> float:
+    """The value of the highest validation accuracy; among equals the smallest |value| (the least
+    correction)."""
     best = max(accuracy)
-    chosen = min((v for v, a in zip(values, accuracy) if a == best), key=abs)
-    return {"kind": kind, "value": chosen, "grid": list(values), "val_overall": accuracy}
+    return min((v for v, a in zip(values, accuracy) if a == best), key=abs)
 
 
 def save(workdir: str, kind: str, value: float, offset_row) -> None:

@@ -3,7 +3,7 @@
     resolve(config)             model.head=auto -> the method's head; every choice of every phase
                                 the method runs checked (a typo fails in seconds, not hours in)
     freeze(config)              the config after the data chose `auto` backbones: read-only from here
-    check_phase1_from(...)      phase1_from names a finished async phase I of the same settings
+    check_phase1_from(...)      phase1_from (joint_from) names a finished phase I (joint phase) of the same settings
     check_devices(config, n)    mesh.model and every phase's global batch fit the devices
     check_workdir(config, dir)  a workdir of another configuration (its identity) is refused
     lock_workdir(dir)           one run per workdir: a second is refused, naming the first
@@ -30,7 +30,8 @@ from asyncjax.models.conv import CONV_WEIGHT_GRADS
 
 # Fields that must match to resume a workdir: a different value means other checkpoints.
 IDENTITY_KEYS = ("dataset", "method", "data.imbalance", "data.max_count", "data.subsample_seed", "model.backbone",
-                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "mesh.model",
+                 "model.head", "split.num_head_classes", "memory.per_class", "seed", "phase1_from", "joint_from",
+                 "mesh.model",
                  # Your own data (configs/custom.py): which kind and which TFDS dataset. Paths are not
                  # identity (a carried run reads its data from another root); the classes are, and
                  # the checkpoints' own record of them is checked (check_workdir's data_identity).
@@ -44,7 +45,7 @@ PHASE1_KEYS = ("dataset", "data.imbalance", "data.max_count", "data.subsample_se
 
 
 # Keys added since the first workdirs: what a config written before them meant.
-ADDED_KEYS = {"phase2_old_rows": "train", "phase2_seed": -1}
+ADDED_KEYS = {"phase2_old_rows": "train", "phase2_seed": -1, "joint_from": ""}
 
 
 def get(config, dotted: str, default=""):
@@ -134,35 +135,46 @@ def check_devices(config, device_count: int) -> None:
                              f"{data} data-parallel devices")
 
 
-# ---- phase1_from: phase II from another workdir's phase I -----------------------------------
+# ---- phase1_from / joint_from: a finished phase of another workdir -----------------------------
+# The methods whose joint phase is plain cross-entropy (the same programs, given the same settings).
+CROSS_ENTROPY_JOINT = ("plain", "logit_adjustment", *methods.DECOUPLED)
+# key -> (the phase it takes, the methods that may take it, the methods it may come from).
+FROM_KEYS = {"phase1_from": ("phase1", ("async",), ("async",)),
+             "joint_from": ("joint", ("logit_adjustment", *methods.DECOUPLED), CROSS_ENTROPY_JOINT)}
+
+
 def check_phase1_from(config, workdir: str) -> None:
-    """Refuses a phase1_from workdir that is not an async run of the same phase I (naming the
-    key), or this run's own workdir. That its phase I finished is check_phase1_finished's."""
-    source = config.phase1_from
-    if not source:
-        return
-    if config.method != "async":
-        raise ValueError(f"phase1_from needs method=async, got {config.method!r}")
-    if os.path.abspath(source) == os.path.abspath(workdir):
-        raise ValueError("phase1_from is this run's own workdir; give another --workdir")
-    saved = saved_config(source)
-    if saved is None:
-        raise FileNotFoundError(f"phase1_from: {source} holds no config.json (not a workdir of asyncjax.main)")
-    if saved.get("method") != "async":
-        raise ValueError(f"phase1_from: {source} is a method={saved.get('method')!r} run, not async")
-    ours = json.loads(config.to_json())
-    differing = [k for k in PHASE1_KEYS if get(saved, k) != get(ours, k)]
-    differing += [f"phase1.{k}" for k in sorted(ours["phase1"]) if saved["phase1"].get(k) != ours["phase1"][k]]
-    if differing:
-        raise ValueError(f"phase1_from: {source}'s phase I differs from this run's in "
-                         + ", ".join(f"{k} ({get(saved, k)!r} there, {get(ours, k)!r} here)" for k in differing))
+    """Refuses a phase1_from (joint_from) workdir that is not a run whose phase I (joint phase)
+    this run may take, trained with the same settings (naming the key), or this run's own workdir.
+    That the phase finished is check_phase_finished's."""
+    for key, (phase, takers, givers) in FROM_KEYS.items():
+        source = config.get(key, "")
+        if not source:
+            continue
+        if config.method not in takers:
+            raise ValueError(f"{key} needs method in {takers}, got {config.method!r}")
+        if os.path.abspath(source) == os.path.abspath(workdir):
+            raise ValueError(f"{key} is this run's own workdir; give another --workdir")
+        saved = saved_config(source)
+        if saved is None:
+            raise FileNotFoundError(f"{key}: {source} holds no config.json (not a workdir of asyncjax.main)")
+        if saved.get("method") not in givers:
+            raise ValueError(f"{key}: {source} is a method={saved.get('method')!r} run; its {phase} phase "
+                             f"is not one this run can take (from {givers})")
+        ours = json.loads(config.to_json())
+        differing = [k for k in PHASE1_KEYS if get(saved, k) != get(ours, k)]  # The joint phase's recipe is phase1's.
+        differing += [f"phase1.{k}" for k in sorted(ours["phase1"]) if saved["phase1"].get(k) != ours["phase1"][k]]
+        if differing:
+            raise ValueError(f"{key}: {source}'s {phase} phase differs from this run's in "
+                             + ", ".join(f"{k} ({get(saved, k)!r} there, {get(ours, k)!r} here)" for k in differing))
 
 
-def check_phase1_finished(source: str, latest_step: int | None, total_steps: int) -> None:
-    """phase1_from's latest phase-I checkpoint is its last step."""
+def check_phase_finished(key: str, source: str, latest_step: int | None, total_steps: int) -> None:
+    """phase1_from's (joint_from's) latest checkpoint of the phase it gives is that phase's last step."""
+    phase = FROM_KEYS[key][0]
     if latest_step != total_steps:
-        raise ValueError(f"phase1_from: {source} has no finished phase I "
-                         f"(latest phase-I checkpoint: {latest_step}, of {total_steps} steps)")
+        raise ValueError(f"{key}: {source} has no finished {'phase I' if phase == 'phase1' else 'joint phase'} "
+                         f"(latest {phase} checkpoint: {latest_step}, of {total_steps} steps)")
 
 
 # ---- the workdir: one run at a time, and its identity -----------------------------------------
@@ -266,7 +278,7 @@ def _stored_identity(config, workdir: str, data_identity: dict | None) -> dict |
         stored = json.loads(meta["config"])
         # phase1_from is a path: a run carried to another machine may find its source elsewhere
         # (check_workdir still compares config.json's record of it).
-        differing = _identity_differences(config, stored, [k for k in IDENTITY_KEYS if k != "phase1_from"])
+        differing = _identity_differences(config, stored, [k for k in IDENTITY_KEYS if k not in FROM_KEYS])
         if differing:
             raise ValueError(f"workdir {workdir!r} holds {phase} checkpoints (step {step}) of a different "
                              f"configuration ({', '.join(differing)}); use another --workdir")

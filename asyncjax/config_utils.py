@@ -149,7 +149,8 @@ def common_config() -> ml_collections.ConfigDict:
         drw_beta=0.9999,                # Effective-number beta of deferred re-weighting.
         drw_start_fraction=0.8,         # Re-weighting from 80% of the epochs (160 of 200).
         focal_gamma=1.0,                # Focal loss's gamma (LDAM-DRW's code, source of Table 3's focal row).
-        logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021).
+        logit_adjustment_tau=1.0,       # Post-hoc logit adjustment tau (Menon et al., 2021),
+        logit_adjustment_grid=(),       # or, when this is not empty, chosen on the validation split from it.
     ))
     config.phase2_init = "random"       # (choice) W_c2 rows: "random" or "imprint".
     # Phase II remedies for the head's loss (RESULTS.md "Phase II that keeps the head"); the
@@ -170,9 +171,14 @@ def common_config() -> ml_collections.ConfigDict:
     # and its memory bank when K is the same. That workdir is only read. Phase-II studies train
     # phase I once and each variant from it.
     config.phase1_from = ""
+    # The decoupling family and logit_adjustment from the finished joint phase of another workdir
+    # (a cross-entropy run with the same settings: plain with the linear head, or one of them):
+    # several methods on one joint model, trained once (reproduce's comparison). Only read.
+    config.joint_from = ""
     # Decoupling baselines (method=crt | tau_norm | ncm; Kang et al., 2020) after the joint phase.
     config.decoupling = ml_collections.ConfigDict(dict(
-        tau=1.0,                        # tau-norm's exponent (fixed at 1, not tuned on the validation split).
+        tau=1.0,                        # tau-norm's exponent,
+        tau_grid=(),                    # or, when this is not empty, chosen on the validation split from it.
         ncm_metric="cosine",            # NCM's similarity: "cosine" or "euclidean".
     ))
     # cRT's classifier re-training: Kang et al.'s 10 epochs, lr 0.2 at batch 512, cosine,

@@ -33,17 +33,29 @@ def define_flags():
 
 
 
+def phase_directories(workdir: str) -> dict[str, str]:
+    """{phase: its checkpoints' folder} of a workdir: its own, and the joint phase it took from
+    another workdir (joint_from) where it trained none."""
+    root = os.path.join(workdir, "checkpoints")
+    directories = {p: os.path.join(root, p) for p in FINAL_FIRST if os.path.isdir(os.path.join(root, p))}
+    config_path = os.path.join(workdir, "config.json")
+    source = files.read_json(config_path).get("joint_from") if os.path.exists(config_path) else ""
+    if source and "joint" not in directories and os.path.isdir(os.path.join(source, "checkpoints", "joint")):
+        directories["joint"] = os.path.join(source, "checkpoints", "joint")
+    return directories
+
+
 def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
     """(phase name, flat arrays) of the latest checkpoint of `phase` (default: the most final
     phase that has one): parameters, BatchNorm statistics, `class_ids`, `step` and `config` (the
     run's configuration as a JSON string)."""
     from asyncjax import checkpointing
 
-    root = os.path.join(workdir, "checkpoints")
-    candidates = [phase] if phase else [p for p in FINAL_FIRST if os.path.isdir(os.path.join(root, p))]
+    directories = phase_directories(workdir)
+    candidates = [phase] if phase else [p for p in FINAL_FIRST if p in directories]
     for name in candidates:
-        directory = os.path.join(root, name)
-        if not os.path.isdir(directory):
+        directory = directories.get(name)
+        if directory is None:
             continue
         ckpt = checkpointing.PhaseCheckpoints(directory, read_only=True)
         step = ckpt.latest_step()
@@ -65,7 +77,7 @@ def latest_model(workdir: str, phase: str | None = None) -> tuple[str, dict[str,
         if meta.get("image_shape"):
             arrays["image_shape"] = np.asarray(meta["image_shape"], np.int64)
         saved = calibration.load(workdir)
-        final = next(p for p in FINAL_FIRST if os.path.isdir(os.path.join(root, p)))
+        final = next(p for p in FINAL_FIRST if p in directories)
         if saved and name == final:  # The final model's post-hoc offset (calibration.py), by output row.
             arrays["logit_offset"] = np.asarray(saved["offset"], np.float32)
         return name, arrays

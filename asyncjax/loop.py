@@ -128,6 +128,17 @@ def restore_or_init(ctx, spec: programs.PhaseSpec, built: programs.PhasePrograms
     return state, 0.0
 
 
+def restore_finished(ctx, spec: programs.PhaseSpec, source: str):
+    """(model, state, seconds it trained) of `source`'s final checkpoint of `spec`'s phase
+    (phase1_from, joint_from), placed as this run would place it. `source` is only read."""
+    built = programs.build(ctx, spec)
+    reader = checkpointing.PhaseCheckpoints(ctx.checkpoint_dir(spec.name, source), read_only=True)
+    state, meta = reader.restore(reader.latest_step(), sharding.abstract(built.abstract_state, built.state_shardings))
+    reader.close()
+    ctx.reporter.info(f"{spec.name}: from {source} (step {int(state.step)}, not trained here)")
+    return built.model, state, float(meta.get("elapsed_s", 0.0))
+
+
 class HostBatches:
     """One step per dispatch, the batch assembled on the host by the image table (its input
     pipeline reads ahead), this process's rows only."""

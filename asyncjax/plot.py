@@ -10,7 +10,8 @@ Writes PNGs from a run's metrics.jsonl and results.json (needs matplotlib: the `
 On the root directory of `python -m asyncjax.reproduce` it writes cifar100_lt_<budget>.png
 (the table's rows: overall / Many / Medium / Few, mean and std over seeds, the paper's overall
 marked) and, after `--ablation=...`, ablation_<name>_<budget>.png for each ablation run there
-(the paper's Fig. 2 and 3).
+(the paper's Fig. 2 and 3), and after `--config=...` compare_<budget>.png (each method's figures,
+and the per-class accuracy of the two best against the training count).
 """
 from __future__ import annotations
 
@@ -228,6 +229,39 @@ def plot_table(plt, table: dict, path):
     plt.close(fig)
 
 
+def plot_compare(plt, table: dict, path):
+    """reproduce --config's comparison: (a) overall / Many / Medium / Few per method (mean, std
+    over seeds), (b) the per-class accuracy of the two best methods (by mean overall) against the
+    class's training count."""
+    import numpy as np
+
+    groups = ("overall", "many", "medium", "few")
+    rows = sorted(table["rows"], key=lambda row: -np.mean(row["overall"]))
+    fig, (bars_ax, class_ax) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        present = [[v for v in row[g] if v is not None] for g in groups]
+        means = [np.mean(v) if v else 0.0 for v in present]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in present]
+        bars_ax.bar([g + i * width for g in range(len(groups))], means, width, yerr=stds, capsize=2,
+                    label=f"{row['method']} ({row['seeds']} seed(s))")
+    bars_ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(groups))], groups)
+    bars_ax.set_ylabel("top-1 accuracy (%)")
+    bars_ax.set_title(f"(a) {table['compare']}, budget {table['budget']}, on {table['split'].split(' (')[0]}", fontsize=8)
+    bars_ax.legend(fontsize=7)
+    for row, marker in zip([r for r in rows if r.get("per_class_accuracy")][:2], ("o", "x")):
+        pairs = [(n, a) for n, a in zip(row["train_counts"], row["per_class_accuracy"]) if a is not None]
+        class_ax.scatter([n for n, _ in pairs], [a for _, a in pairs], s=14, marker=marker, label=row["method"])
+    class_ax.set_xscale("log")
+    class_ax.set_xlabel("training images of the class")
+    class_ax.set_ylabel("accuracy (%), mean over seeds")
+    class_ax.set_title("(b) per class: the two best methods", fontsize=8)
+    class_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def make_plots(workdir: str, output: str | None = None, baseline: str | None = None) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -237,14 +271,16 @@ def make_plots(workdir: str, output: str | None = None, baseline: str | None = N
     ablations = sorted(glob.glob(os.path.join(workdir, "ablation_*.json")))
     tables = sorted(glob.glob(os.path.join(workdir, "cifar100_lt_*.json")))
     studies = sorted(glob.glob(os.path.join(workdir, "study_phase2_*.json")))
-    if (ablations or tables or studies) and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    comparisons = sorted(glob.glob(os.path.join(workdir, "compare_*.json")))
+    if (ablations or tables or studies or comparisons) and not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.makedirs(output, exist_ok=True)
         written = []
-        for path in ablations + tables + studies:
+        for path in ablations + tables + studies + comparisons:
             with open(path) as f:
                 figures = json.load(f)
             name = os.path.basename(path)[:-len(".json")] + ".png"
-            draw = plot_table if path in tables else plot_study if path in studies else plot_ablation
+            draw = (plot_table if path in tables else plot_study if path in studies
+                    else plot_compare if path in comparisons else plot_ablation)
             draw(plt, figures, os.path.join(output, name))
             written.append(os.path.join(output, name))
         return written

@@ -1,7 +1,17 @@
 """Command line: python -m asyncjax.reproduce --table=cifar100_lt --budget=short --workdir=DIR
 
 (The rows' configs and seeds: asyncjax/experiments.py; ablations and the phase-II study:
-asyncjax/studies.py.)
+asyncjax/studies.py; the comparison on any config: asyncjax/compare.py.)
+
+Which method for my data: with --config=CONFIG_FILE[:ARGS], the --methods are compared on that
+config (your own data, the 224-px benchmarks, CIFAR-100-LT), --seeds each, at a --budget that
+scales the config's own epochs (full 1x, medium 0.15x, short 0.04x, smoke a few steps):
+
+    python -m asyncjax.reproduce --config=configs/custom.py:kind=folder --workdir=DIR \
+        --methods=plain,async,crt,logit_adjustment --seeds=3 --budget=medium --config.data.root=ROOT
+
+writes DIR/compare_<budget>.md and .json (`python -m asyncjax.plot --workdir=DIR`); the decoupling
+family and logit_adjustment reuse each seed's cross_entropy joint phase (trained once).
 
 Runs the rows of the paper's Table 3 (CIFAR-100-LT, ResNet-32) with this
 project's trainer, one workdir per (method, imbalance, seed) under DIR, and
@@ -69,6 +79,7 @@ import numpy as np
 from absl import app, flags
 
 from asyncjax import files, methods
+from asyncjax.compare import SHARED_JOINT, compare
 from asyncjax.experiments import ROWS, finished_seeds, mean_std, run_seeds
 from asyncjax.studies import ABLATIONS, STUDY, ablate, parse_grid, study
 
@@ -77,6 +88,8 @@ def define_flags():
     """The command line's flags; defined only when run as a program, so that importing the
     table writer (tests, notebooks) never clashes with another tool's flags."""
     flags.DEFINE_enum("table", "cifar100_lt", ["cifar100_lt"], "Which paper table to reproduce.")
+    flags.DEFINE_string("config", "", "A config file (configs/custom.py:kind=folder, configs/places_lt.py, ...): "
+                        "compare --methods on it (asyncjax/compare.py) instead of the CIFAR-100-LT table.")
     flags.DEFINE_enum("budget", "smoke", ["smoke", "short", "medium", "full"],
                       "Training budget of every row: smoke (CI), short (8 epochs per phase), medium (30), "
                       "full (the paper's 200).")
@@ -194,13 +207,19 @@ def main(argv, overrides=()):
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
-    unknown = [m for m in FLAGS.methods if m not in (*methods.METHODS, *ROWS)]
+    known = (*methods.METHODS, *ROWS, SHARED_JOINT)
+    unknown = [m for m in FLAGS.methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {(*methods.METHODS, *ROWS)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {known}")
     # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
     if FLAGS.grid and FLAGS.study == "none":
         raise app.UsageError("--grid needs --study=phase2")
-    if FLAGS.study != "none":
+    if FLAGS.config:
+        if FLAGS.study != "none" or FLAGS.ablation != "none" or FLAGS.report_only:
+            raise app.UsageError("--config compares methods; --study, --ablation and --report_only are the "
+                                 "CIFAR-100-LT table's")
+        table = compare(FLAGS.workdir, FLAGS.config, FLAGS.methods, FLAGS.seeds, FLAGS.budget, list(overrides))
+    elif FLAGS.study != "none":
         table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides),
                       parse_grid(FLAGS.grid), FLAGS.phase2_seeds)
     elif FLAGS.ablation != "none":

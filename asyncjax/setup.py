@@ -201,19 +201,29 @@ def build(config: ml_collections.ConfigDict, workdir: str | None, dry_run: bool 
             raise ValueError("read_test=False needs a validation split apart from the test split "
                              "(CIFAR-100-LT: data.val_per_class > 0)")
         test = None  # Nothing below can read it.
+    chosen_on_validation = [key for key, wanted in (
+        ("calibration.kind", config.method == "async" and config.calibration.kind != "none"),
+        ("decoupling.tau_grid", config.method == "tau_norm" and len(config.decoupling.tau_grid) > 0),
+        ("loss.logit_adjustment_grid", config.method == "logit_adjustment" and len(config.loss.logit_adjustment_grid) > 0))
+        if wanted]
+    if chosen_on_validation and (monitor is test or data.test_images is data.val_images):
+        raise ValueError(f"{chosen_on_validation[0]} chooses its value on the validation split, and this data has "
+                         "none apart from its test split (CIFAR-100-LT: data.val_per_class > 0)")
     checks.check_devices(config, jax.device_count() if devices is None else len(devices))
     mesh = sharding.make_mesh(config.mesh.model, devices)
     context = Context(config=config, config_json=config_json, workdir=workdir, data=data, split=split,
                       train_labels=train_labels, test=test, monitor=monitor, counts=counts[split.rank_to_class],
                       mesh=mesh, conv_weight_grad="", reporter=None, rng=jax.random.key(config.seed))
-    if config.phase1_from and not finished:  # Before any disk work: the source must hold a finished phase I.
-        source = config.phase1_from
-        latest = None
-        if os.path.isdir(context.checkpoint_dir("phase1", source)):
-            reader = checkpointing.PhaseCheckpoints(context.checkpoint_dir("phase1", source), read_only=True)
-            latest = reader.latest_step()
-            reader.close()
-        checks.check_phase1_finished(source, latest, context.phase_total("phase1", context.head_rows))
+    for key, (phase, _, _) in checks.FROM_KEYS.items():  # Before any disk work: the source's phase finished.
+        source = config.get(key, "")
+        if source and not finished:
+            latest = None
+            if os.path.isdir(context.checkpoint_dir(phase, source)):
+                reader = checkpointing.PhaseCheckpoints(context.checkpoint_dir(phase, source), read_only=True)
+                latest = reader.latest_step()
+                reader.close()
+            rows = context.head_rows if phase == "phase1" else context.all_rows
+            checks.check_phase_finished(key, source, latest, context.phase_total(phase, rows))
     # The faster weight-gradient form on this machine (a timed trial on CPU, cached per CPU).
     context.conv_weight_grad = speed_choice.resolve_conv_weight_grad(
         config.model.conv_weight_grad, backbone=config.model.backbone, batch_size=config.phase1.batch_size,

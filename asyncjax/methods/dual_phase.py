@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asyncjax import calibration, checkpointing, evaluate, files, loop, losses, memory, programs, sharding, steps
+from asyncjax import calibration, evaluate, files, loop, losses, memory, programs, sharding, steps
 
 
 # ---- the phases' specs -------------------------------------------------------------------
@@ -87,18 +87,6 @@ def plan(ctx) -> list[tuple[programs.PhaseSpec, programs.PhasePrograms]]:
 
 
 # ---- between the phases ------------------------------------------------------------------
-def load_phase1(ctx):
-    """(model, state, phase-I seconds) of phase1_from's final phase-I checkpoint, placed as this
-    run's phase I would place it. The source workdir is only read."""
-    source = ctx.config.phase1_from
-    built = programs.build(ctx, phase1_spec(ctx))
-    reader = checkpointing.PhaseCheckpoints(ctx.checkpoint_dir("phase1", source), read_only=True)
-    state, meta = reader.restore(reader.latest_step(), sharding.abstract(built.abstract_state, built.state_shardings))
-    reader.close()
-    ctx.reporter.info(f"phase1: from {source} (step {int(state.step)}, not trained here)")
-    return built.model, state, float(meta.get("elapsed_s", 0.0))
-
-
 def memory_bank(ctx, evaluator, model1, state1) -> np.ndarray:
     """Exemplar indices (into the LT training set) per head class, [C1, K] (-1: none); saved to
     memory_bank.npz. This workdir's saved bank is reused, else phase1_from's when K is the same."""
@@ -190,7 +178,7 @@ def calibrate(ctx, evaluator, model2, state2) -> tuple[dict, dict | None]:
 def run(ctx, evaluator, stop) -> dict:
     config = ctx.config
     if config.phase1_from:
-        model1, state1, seconds1 = load_phase1(ctx)
+        model1, state1, seconds1 = loop.restore_finished(ctx, phase1_spec(ctx), config.phase1_from)
     else:
         model1, state1, seconds1 = loop.train_phase(ctx, phase1_spec(ctx), evaluator, stop)
     phase1_result = phase1_figures(ctx, evaluator, model1, state1)

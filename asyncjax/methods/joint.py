@@ -55,12 +55,37 @@ def joint_spec(ctx) -> programs.PhaseSpec:
             model, tx, schedule, ctx.train_preprocess, joint_loss(ctx, steps_per_epoch), distortion))
 
 
-def logit_offset(ctx) -> np.ndarray | None:
-    """logit_adjustment's -tau log(pi_j) over the long-tailed training prior, added before the argmax."""
+def logit_offset(ctx, tau: float | None = None) -> np.ndarray | None:
+    """logit_adjustment's -tau log(pi_j) over the long-tailed training prior, added before the argmax
+    (tau: the config's unless given)."""
     if ctx.config.method != "logit_adjustment":
         return None
-    prior = ctx.counts / ctx.counts.sum()
-    return -ctx.config.loss.logit_adjustment_tau * np.log(prior).astype(np.float32)
+    tau = ctx.config.loss.logit_adjustment_tau if tau is None else tau
+    return calibration.offset("logit_adjustment", tau, ctx.counts, ctx.split.num_head)
+
+
+def chosen_tau(ctx, evaluator, model, state) -> tuple[float, dict | None]:
+    """(tau, its choice) of tau_norm and logit_adjustment: the config's tau, or, where the config
+    gives a grid, the grid value of the best overall accuracy on the validation split."""
+    config, val = ctx.config, ctx.val
+    if config.method == "logit_adjustment" and config.loss.logit_adjustment_grid:
+        logits = evaluator.logits(model, state, val.images)
+        choice = calibration.choose(logits, val.labels, "logit_adjustment", config.loss.logit_adjustment_grid,
+                                    ctx.counts, ctx.split.num_head)
+    elif config.method == "tau_norm" and config.decoupling.tau_grid:
+        _, features = evaluator.predictions_and_features(model, state, val.images)
+        kernel = np.asarray(jax.device_get(state.params["head"]["fc"]["kernel"]))[:, :ctx.split.num_classes]
+        values = [float(t) for t in config.decoupling.tau_grid]
+        accuracy = [100.0 * float(np.mean(np.argmax(features @ np.asarray(baselines.tau_normalize(kernel, t)), -1)
+                                          == val.labels)) for t in values]
+        choice = {"kind": "tau_norm", "value": calibration.best_value(values, accuracy), "grid": values,
+                  "val_overall": accuracy}
+    else:
+        tau = config.loss.logit_adjustment_tau if config.method == "logit_adjustment" else config.decoupling.tau
+        return tau, None
+    ctx.reporter.info(f"{config.method}: tau {choice['value']:g} chosen on validation (overall % per tau: "
+                      + ", ".join(f"{v:g} {a:.2f}" for v, a in zip(choice["grid"], choice["val_overall"])) + ")")
+    return choice["value"], choice
 
 
 # ---- the classifier after it (crt, lws) --------------------------------------------------
@@ -102,11 +127,12 @@ def decoupled(ctx, evaluator, stop, joint_model, joint_state) -> dict:
     """The final figures of a decoupling method on the trained joint model."""
     method = ctx.config.method
     if method == "tau_norm":
+        tau, choice = chosen_tau(ctx, evaluator, joint_model, joint_state)
         head = joint_state.params["head"]["fc"]
-        fc = {"kernel": baselines.tau_normalize(head["kernel"], ctx.config.decoupling.tau),
+        fc = {"kernel": baselines.tau_normalize(head["kernel"], tau),
               "bias": jnp.zeros_like(head["bias"])}
         state = joint_state.replace(params={**joint_state.params, "head": {"fc": fc}})
-        return evaluator.final(joint_model, state)
+        return {**evaluator.final(joint_model, state), "tau": tau, **({"tau_choice": choice} if choice else {})}
     if method == "ncm":
         _, train_features = evaluator.predictions_and_features(joint_model, joint_state, ctx.data.train_images)
         means = baselines.class_means(train_features, ctx.train_labels, ctx.split.num_classes)
@@ -126,16 +152,25 @@ def decoupled(ctx, evaluator, stop, joint_model, joint_state) -> dict:
 
 
 def run(ctx, evaluator, stop) -> dict:
-    model, state, seconds = loop.train_phase(ctx, joint_spec(ctx), evaluator, stop)
-    method = ctx.config.method
-    offset = logit_offset(ctx)
-    if offset is not None and jax.process_index() == 0:  # For export and predict, as async's calibration.
-        calibration.save(ctx.workdir, "logit_adjustment", ctx.config.loss.logit_adjustment_tau, offset)
+    config, method = ctx.config, ctx.config.method
+    if config.joint_from:  # Another workdir's finished cross-entropy joint phase, only read.
+        model, state, seconds = loop.restore_finished(ctx, joint_spec(ctx), config.joint_from)
+    else:
+        model, state, seconds = loop.train_phase(ctx, joint_spec(ctx), evaluator, stop)
+    shared = {"joint_from": config.joint_from or None}
+    if method == "logit_adjustment":
+        tau, choice = chosen_tau(ctx, evaluator, model, state)
+        offset = logit_offset(ctx, tau)
+        if jax.process_index() == 0:  # For export and predict, as async's calibration.
+            calibration.save(ctx.workdir, "logit_adjustment", tau, offset)
+        final = (evaluator if choice is None else evaluate.Evaluator(ctx, offset)).final(model, state)
+        return {**final, "tau": tau, **({"tau_choice": choice} if choice else {}), **shared,
+                "wall_time_s": {"joint": seconds}}
     if method not in DECOUPLED:
-        return {**evaluator.final(model, state), "wall_time_s": {"joint": seconds}}
+        return {**evaluator.final(model, state), **shared, "wall_time_s": {"joint": seconds}}
     # The joint model's own figures: on test, or on validation where the test split is not read.
     own = evaluate.percent(evaluator.shot_fractions(model, state, ctx.test or ctx.val)[0])
     joint = {"joint": own} if ctx.test is not None else {"joint_val": own}
     started = time.time()
     result = decoupled(ctx, evaluator, stop, model, state)
-    return {**result, **joint, "wall_time_s": {"joint": seconds, method: time.time() - started}}
+    return {**result, **joint, **shared, "wall_time_s": {"joint": seconds, method: time.time() - started}}
