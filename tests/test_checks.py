@@ -93,3 +93,30 @@ def test_a_damaged_config_or_results_file_is_named(tmp_path, tiny_cifar, name):
     (workdir / name).write_text('{"overall": 44.1')  # Cut short.
     with pytest.raises(ValueError, match=re.escape(f"{workdir / name} is not valid JSON")):
         train.run(config, str(workdir))
+
+
+def test_joint_from_names_a_cross_entropy_joint_phase_of_the_same_settings(tmp_path):
+    """joint_from: only the decoupling family and logit_adjustment take it, only from a run whose
+    joint phase is plain cross-entropy, trained with the same settings (the key named)."""
+    from asyncjax import checks
+
+    source = tmp_path / "cross_entropy"
+    source.mkdir()
+    ce = helpers.tiny_config(str(tmp_path / "data"), "--config.method=plain", "--config.model.head=linear")
+    (source / "config.json").write_text(ce.to_json())
+
+    def config(*overrides):
+        return helpers.tiny_config(str(tmp_path / "data"), "--config.model.head=linear",
+                                   f"--config.joint_from={source}", *overrides)
+    checks.check_phase1_from(config("--config.method=crt"), str(tmp_path / "crt"))  # Accepted.
+    checks.check_phase1_from(config("--config.method=logit_adjustment"), str(tmp_path / "la"))
+    for overrides, words in ((["--config.method=plain"], "joint_from needs method in"),
+                             (["--config.method=crt", "--config.seed=3"], "seed (0 there, 3 here)"),
+                             (["--config.method=tau_norm", "--config.phase1.base_lr=0.5"], "phase1.base_lr")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            checks.check_phase1_from(config(*overrides), str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="own workdir"):
+        checks.check_phase1_from(config("--config.method=crt"), str(source))
+    (source / "config.json").write_text(json.dumps({**json.loads(ce.to_json()), "method": "ldam_drw"}))
+    with pytest.raises(ValueError, match="method='ldam_drw' run"):
+        checks.check_phase1_from(config("--config.method=crt"), str(tmp_path / "crt"))
