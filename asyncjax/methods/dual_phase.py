@@ -156,8 +156,11 @@ def calibrate(ctx, evaluator, model2, state2) -> tuple[dict, dict | None]:
     labels = ctx.val.labels
     options = {}
     for kind in calibration.KINDS:
-        choice = (calibration.choose(logits, labels, kind, config.calibration.grid if kind == config.calibration.kind
-                                     else (), ctx.counts, c1) if kind != "none" else {"kind": "none", "value": 0.0})
+        if kind == "none":
+            choice = {"kind": "none", "value": 0.0}
+        else:  # The config's grid for the kind it applies, the default grid for the others.
+            grid = config.calibration.grid if kind == config.calibration.kind else ()
+            choice = calibration.choose(logits, labels, kind, grid, ctx.counts, c1)
         offset = calibration.offset(kind, choice["value"], ctx.counts, c1)
         predictions = np.argmax(logits if offset is None else logits + offset, -1)
         choice["val"] = evaluate.percent(evaluate.shot_accuracy(predictions, labels, ctx.counts))
