@@ -22,10 +22,14 @@ import os
 
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) asyncjax.main run.")
-flags.DEFINE_string("baseline", None, "Workdir of a baseline run (e.g. method=plain) to compare with.")
-flags.DEFINE_string("output", None, "Directory for the PNGs (default: WORKDIR/plots).")
-flags.mark_flag_as_required("workdir")
+
+def define_flags():
+    """Defined only when run as a program: importing make_plots beside another tool's flags never clashes."""
+    flags.DEFINE_string("workdir", None, "Workdir of a finished (or running) asyncjax.main run.")
+    flags.DEFINE_string("baseline", None, "Workdir of a baseline run (e.g. method=plain) to compare with.")
+    flags.DEFINE_string("output", None, "Directory for the PNGs (default: WORKDIR/plots).")
+    flags.mark_flag_as_required("workdir")
+
 
 TERMS = ("loss", "cls", "intra", "dis", "accuracy")
 
@@ -317,4 +321,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from asyncjax import cli
+    define_flags()
     cli.run(main, __doc__)

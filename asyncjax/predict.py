@@ -18,13 +18,17 @@ import os
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
-flags.DEFINE_string("model", None, "An archive written by asyncjax.export (instead of --workdir).")
-flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
-                  "With --workdir: the phase whose model predicts; default: the final one.")
-flags.DEFINE_integer("top_k", 5, "Classes printed per image.")
-flags.DEFINE_bool("json", False, "One JSON object per line: image, and top_k [{class_id, name, probability}].")
-flags.DEFINE_string("class_names", None, "Text file of class names, one per line, by original class id.")
+
+def define_flags():
+    """Defined only when run as a program: importing predict() (tests, notebooks, plot) beside
+    another tool's flags never clashes."""
+    flags.DEFINE_string("workdir", None, "Workdir of a run of asyncjax.main.")
+    flags.DEFINE_string("model", None, "An archive written by asyncjax.export (instead of --workdir).")
+    flags.DEFINE_enum("phase", None, ["phase1", "phase2", "joint", "classifier"],
+                      "With --workdir: the phase whose model predicts; default: the final one.")
+    flags.DEFINE_integer("top_k", 5, "Classes printed per image.")
+    flags.DEFINE_bool("json", False, "One JSON object per line: image, and top_k [{class_id, name, probability}].")
+    flags.DEFINE_string("class_names", None, "Text file of class names, one per line, by original class id.")
 
 
 def load(workdir: str | None, model_path: str | None, phase: str | None) -> dict:
@@ -141,4 +145,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from asyncjax import cli
+    define_flags()
     cli.run(main, __doc__)
