@@ -22,15 +22,10 @@ import os
 import numpy as np
 
 from asyncjax import config_utils, files, train
-from asyncjax.experiments import mean_std
+from asyncjax.experiments import REUSE_JOINT, SHARED_JOINT, TAU_GRID, mean_std
 
 # Epochs of each phase at a budget, as a fraction of the config's own (at least 1).
 BUDGET_FRACTION = {"full": 1.0, "medium": 0.15, "short": 0.04}
-# Methods that take the seed's cross-entropy joint phase (joint_from) instead of training one.
-REUSE_JOINT = ("logit_adjustment", "crt", "lws", "tau_norm", "ncm")
-# tau-norm's and logit adjustment's tau, chosen on validation from these.
-TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-SHARED_JOINT = "cross_entropy"      # The row whose joint phase the REUSE_JOINT methods take.
 
 
 def method_config(config_spec: str, method: str, seed: int, budget: str, overrides, joint_from: str = ""):

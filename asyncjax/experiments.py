@@ -18,6 +18,12 @@ EPOCHS = {"short": 8, "medium": 30, "full": 200}
 # Table rows that are a method with settings of their own: the field's cross-entropy row is plain
 # training with a linear classifier (plain's default head is the cosine one).
 ROWS = {"cross_entropy": ("plain", ["--config.model.head=linear"])}
+# Methods that take their seed's cross-entropy joint phase (joint_from) instead of training one,
+# the row whose joint phase they take, and the grid their tau (tau-norm, logit adjustment) is
+# chosen from on the validation split.
+REUSE_JOINT = ("logit_adjustment", "crt", "lws", "tau_norm", "ncm")
+SHARED_JOINT = "cross_entropy"
+TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def row_config(method: str, imbalance: int, seed: int, budget: str, overrides: list[str]):
@@ -61,7 +67,9 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
     """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note.
     An async seed whose `async_phase1_from` directory ({seed} replaced) exists starts phase II from
     that directory's phase I; the trainer refuses it unless it was trained with this row's phase-I
-    settings."""
+    settings. The decoupling family and logit_adjustment take the joint phase of the same seed's
+    cross_entropy row beside `row_dir` (joint_from; it must have run first) and choose tau on
+    validation."""
     results = []
     for seed in range(seeds):
         config = row_config(method, imbalance, seed, budget, overrides)
@@ -71,6 +79,10 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
         if method == "async" and source and (
                 os.path.isdir(source) or trained_from(directory) == os.path.abspath(source)):
             config.phase1_from = os.path.abspath(source)
+        if method in REUSE_JOINT:  # The seed's cross-entropy joint phase (the cross_entropy row's), tau on validation.
+            config.joint_from = os.path.abspath(os.path.join(os.path.dirname(row_dir),
+                                                             f"{SHARED_JOINT}_if{imbalance}_seed{seed}"))
+            config.decoupling.tau_grid = config.loss.logit_adjustment_grid = TAU_GRID
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
         results.append(train.run(config, directory))
     return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")

@@ -79,8 +79,8 @@ import numpy as np
 from absl import app, flags
 
 from asyncjax import files, methods
-from asyncjax.compare import SHARED_JOINT, compare
-from asyncjax.experiments import ROWS, finished_seeds, mean_std, run_seeds
+from asyncjax.compare import compare
+from asyncjax.experiments import REUSE_JOINT, ROWS, SHARED_JOINT, finished_seeds, mean_std, run_seeds
 from asyncjax.studies import ABLATIONS, STUDY, ablate, parse_grid, study
 
 
@@ -176,6 +176,8 @@ def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overri
     path = os.path.join(workdir, f"cifar100_lt_{budget}.md")
     rows, note = earlier_rows(path[:-len(".md")] + ".json"), ""
     reused, missing = [], []
+    if any(m in REUSE_JOINT for m in methods):  # Their joint phase is the cross_entropy row's: it runs first.
+        methods = [SHARED_JOINT, *[m for m in methods if m != SHARED_JOINT]]
     for imbalance in imbalances:
         for method in methods:
             row_dir = os.path.join(workdir, f"{method}_if{imbalance}")

@@ -231,6 +231,33 @@ def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monke
     assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 2 from" not in text
 
 
+def test_table_decoupling_rows_take_the_cross_entropy_rows_joint_phase(tmp_path, monkeypatch):
+    """The decoupling family and logit adjustment in the table: the cross_entropy row runs first
+    (added where it was not asked for), and each of their seeds takes that seed's joint phase
+    (joint_from) and chooses tau on validation; no other row does."""
+    from asyncjax import experiments, reproduce, train
+
+    runs = []
+
+    def fake_run(config, workdir):
+        runs.append((workdir.rsplit("/", 1)[-1], config))
+        return {"overall": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0, "wall_time_s": {"joint": 60.0}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    reproduce.reproduce(str(tmp_path), "medium", 2, ["plain", "tau_norm", "crt"], [100], [])
+    names = [name for name, _ in runs]
+    assert names[:2] == ["cross_entropy_if100_seed0", "cross_entropy_if100_seed1"] and len(names) == 8
+    for name, config in runs:
+        seed = name[-1]
+        if name.startswith(("tau_norm", "crt")):
+            assert config.joint_from == str(tmp_path / f"cross_entropy_if100_seed{seed}"), name
+            assert tuple(config.decoupling.tau_grid) == experiments.TAU_GRID and config.seed == int(seed)
+        else:
+            assert config.joint_from == "", name
+    ce = dict(runs)["cross_entropy_if100_seed0"]
+    assert (ce.method, ce.model.head) == ("plain", "linear")
+
+
 def test_table_from_results_files_alone_merges_rows_and_names_the_missing(tmp_path, monkeypatch):
     """--report_only: no run (train.run must not be called), the finished seeds' results.json make
     the rows, earlier rows of the table stay, a seed without results.json is named as missing."""
