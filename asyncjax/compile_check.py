@@ -95,10 +95,15 @@ def shape_only_data(config):
     class Shapes:  # The 224-px benchmarks stream their images: only the shape is needed.
         image_shape = (size, size, 3)
     # CIFAR's images live in memory in training (and may take the device-resident path).
-    images = InMemoryImages(np.zeros((1, size, size, 3), np.uint8)) if config.dataset == "cifar100_lt" else Shapes()
+    table = lambda: InMemoryImages(np.zeros((1, size, size, 3), np.uint8)) if config.dataset == "cifar100_lt" else Shapes()
+    images = table()
     labels = np.repeat(np.arange(len(counts)), counts)
+    # A validation split where the dataset has one (CIFAR-100-LT's carved one, ImageNet-LT's and
+    # Places-LT's lists): the programs that choose on it (calibration) are compiled too.
+    has_val = config.data.get("val_per_class", 0) > 0 if config.dataset == "cifar100_lt" else config.dataset != "inat2018"
     return LongTailData(images, labels, images, np.arange(len(counts)), len(counts),
-                        note="class counts synthesised by asyncjax.compile_check")
+                        note="class counts synthesised by asyncjax.compile_check",
+                        val_images=table() if has_val else None, val_labels=np.arange(len(counts)) if has_val else None)
 
 
 def topology_devices(name: str):
@@ -187,6 +192,14 @@ def build_programs(config, devices, wanted=None):
                 jax.ShapeDtypeStruct((chunk, length), jnp.bool_, sharding=one_chip)),
                 {"num": config.memory.per_class, "group": group})
     out["evaluation"] = inference(planned[-1][1], evaluate.EVAL_BATCH)  # The test split holds more rows.
+    if ctx.val is not None and (config.method == "async" or (config.method == "logit_adjustment"
+                                                              and config.loss.logit_adjustment_grid)):
+        # The validation logits that async's calibration and logit adjustment's tau are chosen on.
+        variables = variables_of(planned[-1][1])
+        size = evaluate.eval_batch(evaluate.EVAL_BATCH, mesh)
+        out["validation_logits"] = (
+            evaluate.jit_logits(planned[-1][1].model, ctx.eval_preprocess, jax.tree.map(lambda x: x.sharding, variables),
+                                mesh), (variables, jax.ShapeDtypeStruct((size, *image), jnp.uint8, sharding=batch_sh)), {})
     if wanted:
         unknown = [w for w in wanted if w not in out]
         if unknown:

@@ -78,6 +78,16 @@ def jit_predict(model, preprocess, logit_offset, variable_shardings, mesh):
                    out_shardings=sharding.batch_sharding(mesh))
 
 
+def jit_logits(model, preprocess, variable_shardings, mesh):
+    """The jitted logits step (no offset): (variables, images) -> the C output rows' logits, what a
+    post-hoc correction is chosen on (calibration.py)."""
+    width = model.head.num_classes  # Without the padding columns of a head padded for the model axis.
+    apply = lambda variables, images: {
+        "logits": model.apply(variables, preprocess(images, None), train=False)["logits"][:, :width]}
+    return jax.jit(apply, in_shardings=(variable_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.batch_sharding(mesh))
+
+
 class Evaluator:
     """Predictions and accuracies of a run's models on its splits (setup.Context's).
 
@@ -99,13 +109,7 @@ class Evaluator:
     def logits(self, model, state, table, indices=None) -> np.ndarray:
         """[N, C] logits (no offset) of the rows `indices` (default: all) of an image table: what
         a post-hoc calibration is chosen on (calibration.py)."""
-        preprocess, mesh, width = self.ctx.eval_preprocess, self.ctx.mesh, model.head.num_classes
-
-        def make(shardings):
-            apply = lambda variables, images: {
-                "logits": model.apply(variables, preprocess(images, None), train=False)["logits"][:, :width]}
-            return jax.jit(apply, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                           out_shardings=sharding.batch_sharding(mesh))
+        make = lambda shardings: jit_logits(model, self.ctx.eval_preprocess, shardings, self.ctx.mesh)
         return self._run(("logits", model), make, state, table, indices)["logits"]
 
     def _run(self, key, make, state, table, indices) -> dict[str, np.ndarray]:

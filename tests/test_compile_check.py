@@ -49,7 +49,7 @@ def test_smoke_config_compiles_every_program_for_a_v5e_2x2(libtpu):
     assert report["conv_weight_grad"] == "xla"
     programs = report["programs"]
     assert list(programs) == ["phase1_step", "feature_pass", "exemplar_selection", "phase2_init", "phase2_step",
-                              "evaluation"]
+                              "evaluation", "validation_logits"]
     for name, p in programs.items():
         assert p["compile_s"] > 0 and p["argument_bytes"] > 0 and p["code_bytes"] > 0, name
         assert p["flops_per_chip"] > 0, name
@@ -122,6 +122,10 @@ def test_programs_selects_a_subset_and_names_the_unknown(libtpu):
     plain.method = "plain"  # One joint phase: no memory bank, no phase II.
     _, programs, _ = compile_check.build_programs(plain, devices)
     assert list(programs) == ["joint_step", "evaluation"]
+    adjusted = load()
+    adjusted.method, adjusted.loss.logit_adjustment_grid = "logit_adjustment", (0.0, 1.0)  # tau chosen on validation.
+    _, programs, _ = compile_check.build_programs(adjusted, devices)
+    assert list(programs) == ["joint_step", "evaluation", "validation_logits"]
 
 
 @pytest.mark.parametrize("method,expected", [
