@@ -428,6 +428,9 @@ def test_phase2_remedies_validation_only_from_another_workdirs_phase1(tmp_path, 
     offset = calibration.offset("tail_bias", want["value"], ctx.counts, c1)
     corrected = evaluate.percent(evaluate.shot_accuracy(np.argmax(seen["logits"] + offset, -1), labels, ctx.counts))
     assert results["val"]["overall"] == pytest.approx(corrected["overall"]) == pytest.approx(max(want["val_overall"]))
+    groups = record["options"]["tail_bias"]["val_groups"]  # Each grid value's shot groups.
+    assert [g["overall"] for g in groups] == pytest.approx(want["val_overall"])
+    assert groups[want["grid"].index(want["value"])] == pytest.approx(corrected)
     saved = json.loads((workdir / calibration.OFFSET_FILE).read_text())
     np.testing.assert_array_equal(saved["offset"], offset)
     # W_c1 as phase I left it; W_c2 trained; phase II's own seed drew another first batch / init.

@@ -161,6 +161,10 @@ def calibrate(ctx, evaluator, model2, state2) -> tuple[dict, dict | None]:
         else:  # The config's grid for the kind it applies, the default grid for the others.
             grid = config.calibration.grid if kind == config.calibration.kind else ()
             choice = calibration.choose(logits, labels, kind, grid, ctx.counts, c1)
+            # Every grid value's shot groups: what each size of the correction buys and costs.
+            choice["val_groups"] = [evaluate.percent(evaluate.shot_accuracy(
+                np.argmax(logits + calibration.offset(kind, v, ctx.counts, c1), -1), labels, ctx.counts))
+                for v in choice["grid"]]
         offset = calibration.offset(kind, choice["value"], ctx.counts, c1)
         predictions = np.argmax(logits if offset is None else logits + offset, -1)
         choice["val"] = evaluate.percent(evaluate.shot_accuracy(predictions, labels, ctx.counts))
