@@ -16,7 +16,10 @@ TINY = ["--config.model.backbone=resnet8", "--config.data.max_count=20", "--conf
         "--config.phase1.epochs=2", "--config.phase2.epochs=2",
         "--config.phase1.max_steps_per_epoch=3", "--config.phase2.max_steps_per_epoch=3",
         "--config.phase1.warmup_epochs=1", "--config.phase2.warmup_epochs=1",
-        "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2"]
+        "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2",
+        # XLA's own weight gradient, not `auto`: each new shape would pay a timed trial of both forms
+        # (about 10-25 s) in a fresh CI; the trial is tested on its own (test_speed_choice.py).
+        "--config.model.conv_weight_grad=xla"]
 
 
 def tiny_config(tiny_cifar, *overrides):

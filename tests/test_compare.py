@@ -20,7 +20,7 @@ def test_methods_on_class_folders_share_one_joint_phase_per_seed_and_rows_merge(
     root = tmp_path / "shapes"
     example_data.write(str(root), size=16, imbalance=10, max_count=40, test_per_class=4)
     workdir = tmp_path / "compare"
-    overrides = [f"--config.data.root={root}", "--config.data.val_per_class=3"]
+    overrides = [f"--config.data.root={root}", "--config.data.val_per_class=3", "--config.model.conv_weight_grad=xla"]
     text = compare.compare(str(workdir), SPEC, ["plain", "crt", "logit_adjustment"], 2, "smoke", overrides)
     # The decoupling family and logit adjustment took each seed's cross-entropy joint phase: trained
     # once, in cross_entropy_seed<s> (linear head), and never in their own workdirs.
@@ -62,7 +62,8 @@ def test_data_without_a_test_split_is_compared_on_validation(tmp_path):
     shutil.rmtree(root / "test")
     workdir = tmp_path / "compare"
     text = compare.compare(str(workdir), SPEC, ["plain"], 1, "smoke",
-                           [f"--config.data.root={root}", "--config.data.val_per_class=3"])
+                           [f"--config.data.root={root}", "--config.data.val_per_class=3",
+                            "--config.model.conv_weight_grad=xla"])
     assert "on the validation split (this data has no test split)" in text
     row, = json.loads((workdir / "compare_smoke.json").read_text())["rows"]
     assert row["evaluated_on"] == "val" and row["overall"] == [_results(workdir, "plain_seed0")["overall"]]
