@@ -251,8 +251,9 @@ def plot_compare(plt, table: dict, path):
                     label=f"{row['method']} ({row['seeds']} seed(s))")
     bars_ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(groups))], groups)
     bars_ax.set_ylabel("top-1 accuracy (%)")
+    bars_ax.set_ylim(0, 105)
     bars_ax.set_title(f"(a) {table['compare']}, budget {table['budget']}, on {table['split'].split(' (')[0]}", fontsize=8)
-    bars_ax.legend(fontsize=7)
+    bars_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)  # Below: bars reach 100.
     for row, marker in zip([r for r in rows if r.get("per_class_accuracy")][:2], ("o", "x")):
         pairs = [(n, a) for n, a in zip(row["train_counts"], row["per_class_accuracy"]) if a is not None]
         class_ax.scatter([n for n, _ in pairs], [a for _, a in pairs], s=14, marker=marker, label=row["method"])
