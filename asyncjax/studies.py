@@ -169,9 +169,16 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), ph
         if not grid:
             row["key"], row["value"] = settings[0]
         rows.append(row)
+    return write_study_table(workdir, budget, seeds, phase2_seeds, [key for key, _ in grid] if grid else None, rows)
+
+
+def write_study_table(workdir: str, budget: str, seeds: int, phase2_seeds: bool, keys, rows) -> str:
+    """The study's Markdown table (and the corrections' one) and its JSON; `keys`: the grid's keys,
+    or None for a one-factor study."""
+    grid = keys is not None
+    keys = keys or []
     os.makedirs(workdir, exist_ok=True)
     stem = os.path.join(workdir, f"study_phase2_{budget}" + ("_grid" if grid else ""))
-    keys = [key for key, _ in grid]
     what = ("Every combination of the grid's values" if grid else "Each factor varies alone from the defaults")
     seeds_are = (f"{seeds} phase-II seed(s) from one phase I" if phase2_seeds else f"{seeds} phase I(s)")
     lines = [f"# Phase-II study (async, CIFAR-100-LT IF 100), budget `{budget}`, {seeds_are}", "",
