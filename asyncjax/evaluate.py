@@ -163,10 +163,11 @@ class Evaluator:
                 "per_class_accuracy": [None if np.isnan(a) else 100.0 * a for a in per_class],
                 "train_counts": ctx.counts.tolist()}
 
-    def final(self, model, state) -> dict:
-        """The reported figures of a final model: test_percent, and `val` (val_percent) where the
-        data has a validation split; `val` alone where the test split is not read (read_test=False)."""
-        val = self.val_percent(model, state)
+    def final(self, model, state, val: dict | None = None) -> dict:
+        """The reported figures of a final model: test_percent, and `val` (val_percent, unless the
+        caller already has it) where the data has a validation split; `val` alone where the test
+        split is not read (read_test=False)."""
+        val = val or self.val_percent(model, state)
         if self.ctx.test is None:
             return {"val": val, "train_counts": self.ctx.counts.tolist()}
         predictions, _ = self.predictions_and_features(model, state, self.ctx.test.images)

@@ -173,12 +173,14 @@ def calibrate(ctx, evaluator, model2, state2) -> tuple[dict, dict | None]:
     record = {"applied": kind, "value": options[kind]["value"], "options": options}
     summary = ", ".join(f"{k} {o['value']:g}: {o['val']['overall']:.2f}" for k, o in options.items())
     ctx.reporter.info(f"calibration on validation (overall %, best value of each kind): {summary}; applied: {kind}")
+    # The final validation figures are the applied option's, from the same logits: no second pass.
+    val = {**options[kind]["val"], "classes": int(len(np.unique(labels)))}
     if kind == "none":
-        return evaluator.final(model2, state2), record
+        return evaluator.final(model2, state2, val), record
     offset = calibration.offset(kind, options[kind]["value"], ctx.counts, c1)
     if jax.process_index() == 0:
         calibration.save(ctx.workdir, kind, options[kind]["value"], offset)
-    return evaluate.Evaluator(ctx, offset).final(model2, state2), record
+    return evaluate.Evaluator(ctx, offset).final(model2, state2, val), record
 
 
 # ---- the run -----------------------------------------------------------------------------
