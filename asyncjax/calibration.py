@@ -36,10 +36,12 @@ def offset(kind: str, value: float, counts, num_head: int) -> np.ndarray | None:
     Args:
       kind: one of KINDS.
       value: b (tail_bias) or tau (logit_adjustment).
-      counts: [C] training images of each output row (the long-tailed prior's counts).
+      counts: [C] training images of each output row (the long-tailed prior's counts). A class
+        without training images counts as one: its prior is then the smallest the data can show,
+        not zero, whose log would make the offset infinite (every image that class, and NaN at tau 0).
       num_head: C1, the head classes (output rows 0..C1-1).
     """
-    counts = np.asarray(counts, np.float64)
+    counts = np.maximum(np.asarray(counts, np.float64), 1.0)
     if kind == "none":
         return None
     if kind == "tail_bias":

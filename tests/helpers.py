@@ -17,6 +17,9 @@ TINY = ["--config.model.backbone=resnet8", "--config.data.max_count=20", "--conf
         "--config.phase1.max_steps_per_epoch=3", "--config.phase2.max_steps_per_epoch=3",
         "--config.phase1.warmup_epochs=1", "--config.phase2.warmup_epochs=1",
         "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2",
+        # Validation: up to 2 images per class (196 here), not 20 (1,263): each look at it is then a
+        # fifth of the work, and a TINY run looks at it five times.
+        "--config.data.val_per_class=2",
         # XLA's own weight gradient, not `auto`: each new shape would pay a timed trial of both forms
         # (about 10-25 s) in a fresh CI; the trial is tested on its own (test_speed_choice.py).
         "--config.model.conv_weight_grad=xla"]
@@ -64,6 +67,32 @@ def main_command(workdir, cifar_dir, *extra, config="configs/cifar100_lt.py:smok
 def run_main(workdir, cifar_dir, *extra, devices=1, timeout=600, **kwargs):
     return subprocess.run(main_command(workdir, cifar_dir, *extra, **kwargs), cwd=REPO, env=cli_env(devices),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(workdir, cifar_dir, *extra, config="configs/cifar100_lt.py:smoke=True"):
+    """What `run_main` runs, in this process: the same config file and overrides, the trainer
+    (`train.run`), the command line's exit codes (0; 2 and one `error:` line for bad input; 3 when
+    interrupted), stdout and stderr captured; returned like subprocess.run's result. A subprocess
+    pays JAX's start-up for each run (about 4 s of a TINY run's 7 here); tests of the command line
+    itself (its parsing, signals, device counts, several processes) keep `run_main`."""
+    import contextlib
+    import io
+
+    from asyncjax import cli, config_utils, train
+    file, _, args = config.partition(":")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            settings = config_utils.load_config_file(str(REPO / file) + (f":{args}" if args else ""))
+            config_utils.apply_overrides(settings, [f"--config.data.cifar100_dir={cifar_dir}", *extra])
+            train.run(settings, str(workdir))
+        except cli.Interrupted as e:
+            print(str(e), file=sys.stderr)
+            code = cli.INTERRUPTED
+        except (ValueError, FileNotFoundError, FloatingPointError) as e:  # As cli.run turns them into exit 2.
+            print(f"error: {e}", file=sys.stderr)
+            code = cli.USAGE
+    return subprocess.CompletedProcess([str(workdir), *extra], code, out.getvalue(), err.getvalue())
 
 
 def export(workdir, output, *extra, cli=False):

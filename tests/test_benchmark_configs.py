@@ -18,7 +18,10 @@ from asyncjax.archive import flatten
 from asyncjax.models import make_backbone
 from tests.helpers import REPO, cli_env, write_jpeg_folder
 
-SMALL = ["--config.data.image_size=32", "--config.data.resize_size=36", "--config.memory.per_class=2"]
+SMALL = ["--config.data.image_size=32", "--config.data.resize_size=36", "--config.memory.per_class=2",
+         # XLA's weight gradient: `auto` would time both forms for this new shape (tested on its own
+         # in test_speed_choice.py, and on the default path by the real-CIFAR smoke runs).
+         "--config.model.conv_weight_grad=xla"]
 
 
 def _run(args, timeout=600):

@@ -29,6 +29,16 @@ def test_offsets_match_their_formulas():
         calibration.offset("bias", 1.0, counts, 3)
 
 
+def test_a_class_without_training_images_counts_as_one():
+    """Data whose class lists hold a class only in val or test (TFDS mock data, a user's folders):
+    the offset stays finite, and tau 0 is no correction at all (log 0 gave inf, 0 * inf NaN)."""
+    counts = np.array([50, 10, 0, 3])
+    np.testing.assert_array_equal(calibration.offset("logit_adjustment", 0.0, counts, 2), np.zeros(4))
+    floored = np.array([50, 10, 1, 3]) / 64
+    np.testing.assert_allclose(calibration.offset("logit_adjustment", 0.7, counts, 2), -0.7 * np.log(floored),
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["tail_bias", "logit_adjustment"])
 def test_choice_is_the_best_validation_accuracy_on_the_grid(kind):
     logits, labels, counts = _fixed()

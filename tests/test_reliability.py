@@ -1,4 +1,6 @@
-"""Preemption, crashes, divergence and bad input, through the real command line.
+"""Preemption, crashes, divergence and bad input: signals, exit codes and several processes
+through the real command line; the runs that need no process of their own (references, resumes
+after the signal, refusals of a setting) in this one (helpers.run_in_process).
 
 A run interrupted many ways (SIGTERM in phase I, in the memory-bank step and in
 phase II; SIGKILL while a checkpoint is written) and resumed each time ends
@@ -466,8 +468,8 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     A is never written; a phase I of another configuration is refused with the key named."""
     before = _snapshot(uninterrupted)
     workdir = tmp_path / "variant"
-    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
-                              "--config.loss.retention_temperature=0.1")
+    result = helpers.run_in_process(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
+                                    "--config.loss.retention_temperature=0.1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"phase1: from {uninterrupted}" in result.stdout and "phase1 epoch" not in result.stdout
     assert _snapshot(uninterrupted) == before
@@ -479,15 +481,16 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     assert _phase2_first_step(workdir)["cls"] == _phase2_first_step(uninterrupted)["cls"]
     np.testing.assert_array_equal(np.load(workdir / "memory_bank.npz")["bank"],
                                   np.load(uninterrupted / "memory_bank.npz")["bank"])
-    refused = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.seed=1",
-                               f"--config.phase1_from={uninterrupted}")
+    refused = helpers.run_in_process(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.seed=1",
+                                     f"--config.phase1_from={uninterrupted}")
     assert refused.returncode == 2 and "seed" in refused.stderr and "phase1_from" in refused.stderr
     assert not (tmp_path / "other").exists()
-    recipe = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.phase1.epochs=3",
-                              f"--config.phase1_from={uninterrupted}")
+    recipe = helpers.run_in_process(tmp_path / "other", tiny_cifar, *helpers.TINY, "--config.phase1.epochs=3",
+                                    f"--config.phase1_from={uninterrupted}")
     assert recipe.returncode == 2 and "phase1.epochs" in recipe.stderr
     # The variant trained no phase I of its own: nothing to start from.
-    unfinished = helpers.run_main(tmp_path / "other", tiny_cifar, *helpers.TINY, f"--config.phase1_from={workdir}")
+    unfinished = helpers.run_in_process(tmp_path / "other", tiny_cifar, *helpers.TINY,
+                                        f"--config.phase1_from={workdir}")
     assert unfinished.returncode == 2 and "no finished phase I" in unfinished.stderr
     assert not (tmp_path / "other").exists()
     # A finished variant is reported even after its phase I's workdir is gone (a new machine).
@@ -495,8 +498,8 @@ def test_phase2_from_another_workdirs_phase1(tmp_path, tiny_cifar, uninterrupted
     shutil.copytree(workdir, finished)
     saved = json.loads((finished / "config.json").read_text())
     (finished / "config.json").write_text(json.dumps({**saved, "phase1_from": str(gone)}))
-    reported = helpers.run_main(finished, tiny_cifar, *helpers.TINY, f"--config.phase1_from={gone}",
-                                "--config.loss.retention_temperature=0.1")
+    reported = helpers.run_in_process(finished, tiny_cifar, *helpers.TINY, f"--config.phase1_from={gone}",
+                                      "--config.loss.retention_temperature=0.1")
     assert reported.returncode == 0 and "is complete" in reported.stdout, reported.stderr[-3000:]
 
 
@@ -505,14 +508,15 @@ def test_joint_phase_on_the_resident_path_resumes_exactly(tmp_path, tiny_cifar):
     resumed, ends bitwise where an uninterrupted run ends (CPU, same device count)."""
     extra = ["--config.method=plain", "--config.steps_per_dispatch=2", "--config.checkpoint_every_steps=2"]
     reference = tmp_path / "reference"
-    result = helpers.run_main(reference, tiny_cifar, *helpers.TINY, *extra)
+    result = helpers.run_in_process(reference, tiny_cifar, *helpers.TINY, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resident on the devices" in result.stdout
     workdir = tmp_path / "wd"
     code, output = _run_until(workdir, tiny_cifar, "joint epoch 1/2 step 2/6", signal.SIGTERM, *extra)
     assert code == 3, output[-3000:]
     # Resumed with a setting plain does not read changed: allowed, and said (config.json keeps the first's).
-    resumed = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, *extra, "--config.loss.retention_temperature=0.5")
+    resumed = helpers.run_in_process(workdir, tiny_cifar, *helpers.TINY, *extra,
+                                     "--config.loss.retention_temperature=0.5")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"joint: resuming from step [24]/6", resumed.stdout), resumed.stdout
     assert "1 setting(s) other than its config.json" in resumed.stdout, resumed.stdout
@@ -546,8 +550,8 @@ def test_imprinted_tail_rows_are_the_normalised_tail_class_means(tmp_path, tiny_
 
     from asyncjax import setup
     workdir = tmp_path / "imprint"
-    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
-                              "--config.phase2_init=imprint", "--config.phase2.base_lr=0")
+    result = helpers.run_in_process(workdir, tiny_cifar, *helpers.TINY, f"--config.phase1_from={uninterrupted}",
+                                    "--config.phase2_init=imprint", "--config.phase2.base_lr=0")
     assert result.returncode == 0, result.stderr[-3000:]
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     ctx = setup.build(config, str(tmp_path / "probe"))

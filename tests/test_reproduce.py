@@ -6,10 +6,12 @@ import sys
 import numpy as np
 import pytest
 
+from asyncjax import plot
 from tests import helpers
 
 
 def test_reproduce_smoke_table(tmp_path):
+    """The table's command line, its resume and `python -m asyncjax.plot` on its workdir."""
     data = helpers.write_tiny_cifar(tmp_path / "data")
     command = [sys.executable, "-m", "asyncjax.reproduce", "--budget=smoke", f"--workdir={tmp_path / 'rep'}",
                "--imbalance=10", "--seeds=2", "--methods=plain,async", f"--config.data.cifar100_dir={data}",
@@ -50,9 +52,7 @@ def test_ablation_smoke_table_and_plot(tmp_path):
     assert "| memory.per_class |" in table and "| 2 |" in table and "| 4 |" in table
     banks = [np.load(root / f"ablation_memory_size_{k}_seed0" / "memory_bank.npz")["bank"] for k in (2, 4)]
     assert banks[0].shape[1] == 2 and banks[1].shape[1] == 4  # The ablated value reached the run.
-    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
-                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
-    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    plot.make_plots(str(root))  # What `python -m asyncjax.plot --workdir=ROOT` runs (its CLI: the table test).
     assert (root / "plots" / "ablation_memory_size_smoke.png").stat().st_size > 1000
 
 
@@ -95,9 +95,7 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     figures = json.loads((root / "study_phase2_smoke.json").read_text())
     assert [r["value"] for r in figures["rows"]] == ["update", "freeze"]
     assert figures["rows"][1]["overall"][0] == variant["val"]["overall"]
-    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
-                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
-    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    plot.make_plots(str(root))  # What `python -m asyncjax.plot --workdir=ROOT` runs (its CLI: the table test).
     assert (root / "plots" / "study_phase2_smoke.png").stat().st_size > 1000
     # A study around other defaults (tau 0.1) over the same phase I: its base takes phase I from the
     # first study's base, and so does its variant (the new base holds no phase-I checkpoints).
@@ -132,9 +130,7 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     assert figures["rows"][0]["overall"][0] == variant["val"]["overall"]
     assert figures["rows"][1]["overall"][0] == both["val"]["overall"]
     assert "| phase2.batch_norm | phase2.base_lr | overall |" in (root / "study_phase2_smoke_grid.md").read_text()
-    plotted = subprocess.run([sys.executable, "-m", "asyncjax.plot", f"--workdir={root}"], cwd=helpers.REPO,
-                             env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
-    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    plot.make_plots(str(root))  # What `python -m asyncjax.plot --workdir=ROOT` runs (its CLI: the table test).
     assert (root / "plots" / "study_phase2_smoke_grid.png").stat().st_size > 1000
 
 

@@ -38,8 +38,8 @@ def test_unknown_override_is_rejected_with_valid_keys(tmp_path, override, messag
 
 
 def test_override_changes_the_run(tmp_path, tiny_cifar):
-    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
-                              "--config.phase1.epochs=1")
+    result = helpers.run_in_process(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
+                                    "--config.phase1.epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "wd" / "config.json").read_text())
     assert saved["phase1"]["epochs"] == 1 and saved["method"] == "plain"
@@ -170,8 +170,8 @@ def test_one_device_and_eight_devices_agree(num_classes):
 
 @pytest.mark.parametrize("method", ["ldam_drw", "focal", "balanced_softmax", "logit_adjustment"])
 def test_joint_baselines_run(tmp_path, tiny_cifar, method):
-    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
-                              "--config.phase1.epochs=3")
+    result = helpers.run_in_process(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
+                                    "--config.phase1.epochs=3")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "wd" / "results.json").read_text())
     assert results["method"] == method and 0 <= results["overall"] <= 100
@@ -186,9 +186,9 @@ def test_joint_baselines_run(tmp_path, tiny_cifar, method):
 
 @pytest.mark.parametrize("method", ["crt", "lws", "tau_norm", "ncm"])
 def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
-    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
-                              "--config.model.head=linear", "--config.classifier.epochs=2",
-                              "--config.classifier.batch_size=16", "--config.classifier.max_steps_per_epoch=3")
+    result = helpers.run_in_process(tmp_path / "wd", tiny_cifar, *helpers.TINY, f"--config.method={method}",
+                                    "--config.model.head=linear", "--config.classifier.epochs=2",
+                                    "--config.classifier.batch_size=16", "--config.classifier.max_steps_per_epoch=3")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "wd" / "results.json").read_text())
     assert results["method"] == method and 0 <= results["overall"] <= 100 and "joint" in results
@@ -209,8 +209,8 @@ def test_decoupling_baselines_run(tmp_path, tiny_cifar, method):
 
 
 def test_gradient_distortion_is_logged(tmp_path, tiny_cifar):
-    result = helpers.run_main(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
-                              "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
+    result = helpers.run_in_process(tmp_path / "wd", tiny_cifar, *helpers.TINY, "--config.method=plain",
+                                    "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     logged = [line for line in lines if "grad_cos_head" in line]
@@ -218,19 +218,19 @@ def test_gradient_distortion_is_logged(tmp_path, tiny_cifar):
     for line in logged:
         assert -1 <= line["grad_cos_head"] <= 1 and -1 <= line["grad_cos_tail"] <= 1
         assert line["grad_norm"] <= line["grad_norm_head"] + line["grad_norm_tail"] + 1e-6
-    refused = helpers.run_main(tmp_path / "wd2", tiny_cifar, *helpers.TINY,
-                               "--config.diagnostics.gradient_distortion=True")
+    refused = helpers.run_in_process(tmp_path / "wd2", tiny_cifar, *helpers.TINY,
+                                     "--config.diagnostics.gradient_distortion=True")
     assert refused.returncode == 2 and "needs method=plain" in refused.stderr
 
 
 def test_plots_from_runs(tmp_path, tiny_cifar):
     from asyncjax import plot
     plain = tmp_path / "plain"
-    result = helpers.run_main(plain, tiny_cifar, *helpers.TINY, "--config.method=plain",
-                              "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
+    result = helpers.run_in_process(plain, tiny_cifar, *helpers.TINY, "--config.method=plain",
+                                    "--config.diagnostics.gradient_distortion=True", "--config.phase1.epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     ours = tmp_path / "async"
-    result = helpers.run_main(ours, tiny_cifar, *helpers.TINY)
+    result = helpers.run_in_process(ours, tiny_cifar, *helpers.TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((ours / "results.json").read_text())
     assert len(results["per_class_accuracy"]) == 100 and len(results["train_counts"]) == 100
