@@ -58,8 +58,14 @@ def run(main: Callable[[list[str]], None], doc: str, argv: Sequence[str] | None 
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         fail(f"{e} (see --help)")
+    guarded(lambda: main(rest))
+
+
+def guarded(call: Callable[[], None]) -> None:
+    """Runs `call()` under the scheme above: an interruption exits 3 with its message, bad input
+    and a diverged run exit 2 with one `error:` line (also what the tests' in-process runs use)."""
     try:
-        main(rest)
+        call()
     except Interrupted as e:
         print(str(e), file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED)

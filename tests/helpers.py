@@ -73,25 +73,25 @@ def run_in_process(workdir, cifar_dir, *extra, config="configs/cifar100_lt.py:sm
     """What `run_main` runs, in this process: the same config file and overrides, the trainer
     (`train.run`), the command line's exit codes (0; 2 and one `error:` line for bad input; 3 when
     interrupted), stdout and stderr captured; returned like subprocess.run's result. A subprocess
-    pays JAX's start-up for each run (about 4 s of a TINY run's 7 here); tests of the command line
+    pays JAX's start-up for each run (a TINY run took 6-9 s as a CLI, 2.5-4 s in-process here); tests of the command line
     itself (its parsing, signals, device counts, several processes) keep `run_main`."""
     import contextlib
     import io
 
     from asyncjax import cli, config_utils, train
     file, _, args = config.partition(":")
+
+    def run():
+        settings = config_utils.load_config_file(str(REPO / file) + (f":{args}" if args else ""))
+        config_utils.apply_overrides(settings, [f"--config.data.cifar100_dir={cifar_dir}", *extra])
+        train.run(settings, str(workdir))
+
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            settings = config_utils.load_config_file(str(REPO / file) + (f":{args}" if args else ""))
-            config_utils.apply_overrides(settings, [f"--config.data.cifar100_dir={cifar_dir}", *extra])
-            train.run(settings, str(workdir))
-        except cli.Interrupted as e:
-            print(str(e), file=sys.stderr)
-            code = cli.INTERRUPTED
-        except (ValueError, FileNotFoundError, FloatingPointError) as e:  # As cli.run turns them into exit 2.
-            print(f"error: {e}", file=sys.stderr)
-            code = cli.USAGE
+            cli.guarded(run)  # The command line's own exit-code scheme.
+        except SystemExit as e:
+            code = e.code
     return subprocess.CompletedProcess([str(workdir), *extra], code, out.getvalue(), err.getvalue())
 
 
