@@ -83,7 +83,8 @@ def run_in_process(workdir, cifar_dir, *extra, config="configs/cifar100_lt.py:sm
 
     def run():
         settings = config_utils.load_config_file(str(REPO / file) + (f":{args}" if args else ""))
-        config_utils.apply_overrides(settings, [f"--config.data.cifar100_dir={cifar_dir}", *extra])
+        data = [f"--config.data.cifar100_dir={cifar_dir}"] if cifar_dir else []  # None: another dataset.
+        config_utils.apply_overrides(settings, [*data, *extra])
         train.run(settings, str(workdir))
 
     out, err, code = io.StringIO(), io.StringIO(), 0

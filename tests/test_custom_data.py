@@ -54,6 +54,11 @@ def _main(workdir, config, *extra, module="asyncjax.main", timeout=600):
                           timeout=timeout)
 
 
+def _in_process(workdir, config, *extra):
+    """`_main`'s run in this process (helpers.run_in_process): no JAX start-up of its own."""
+    return helpers.run_in_process(workdir, None, *extra, config=config)
+
+
 def _predict(*args):
     return subprocess.run([sys.executable, "-m", "asyncjax.predict", *args], cwd=helpers.REPO,
                           env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
@@ -62,8 +67,8 @@ def _predict(*args):
 def test_class_folders_of_small_grayscale_images_end_to_end(tmp_path):
     root = write_folder_dataset(tmp_path / "data")
     workdir = tmp_path / "run"
-    result = _main(workdir, "configs/custom.py:kind=folder,smoke=True", f"--config.data.root={root}",
-                   "--config.data.val_per_class=2")
+    result = _in_process(workdir, "configs/custom.py:kind=folder,smoke=True", f"--config.data.root={root}",
+                         "--config.data.val_per_class=2")
     assert result.returncode == 0, result.stderr[-3000:]
     log = (workdir / "log.txt").read_text()
     # The summary: classes, splits, head/tail, measured imbalance, shot groups, size, each on a line.
@@ -95,9 +100,9 @@ def test_split_lists_of_larger_images_stream_with_names_from_a_file(tmp_path):
     folder = write_folder_dataset(tmp_path / "images", size=(80, 72), mode="RGB", ext="jpg")
     write_lists(tmp_path / "images", folder)  # Relative list names are read under data.root.
     workdir = tmp_path / "run"
-    result = _main(workdir, "configs/custom.py:kind=lists,smoke=True", f"--config.data.root={folder}",
-                   "--config.data.train_list=train.txt", "--config.data.test_list=test.txt",
-                   f"--config.data.class_names={tmp_path / 'images' / 'names.txt'}", "--config.data.workers=0")
+    result = _in_process(workdir, "configs/custom.py:kind=lists,smoke=True", f"--config.data.root={folder}",
+                         "--config.data.train_list=train.txt", "--config.data.test_list=test.txt",
+                         f"--config.data.class_names={tmp_path / 'images' / 'names.txt'}", "--config.data.workers=0")
     assert result.returncode == 0, result.stderr[-3000:]
     log = (workdir / "log.txt").read_text()
     assert "data: images 32x32x3, streamed" in log  # data.image_size of the smoke config.
@@ -200,7 +205,7 @@ def test_a_test_label_that_train_lacks_is_named_with_its_line(tmp_path):
 def test_no_tail_classes_fails_in_one_line_and_writes_nothing(tmp_path):
     root = write_folder_dataset(tmp_path / "data", counts=(30, 25, 20))  # Every class has >= 20 images.
     workdir = tmp_path / "run"
-    result = _main(workdir, "configs/custom.py:kind=folder,smoke=True", f"--config.data.root={root}")
+    result = _in_process(workdir, "configs/custom.py:kind=folder,smoke=True", f"--config.data.root={root}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("error: ") and "leaves no tail classes" in result.stderr
     assert not workdir.exists()
