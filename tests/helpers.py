@@ -17,8 +17,8 @@ TINY = ["--config.model.backbone=resnet8", "--config.data.max_count=20", "--conf
         "--config.phase1.max_steps_per_epoch=3", "--config.phase2.max_steps_per_epoch=3",
         "--config.phase1.warmup_epochs=1", "--config.phase2.warmup_epochs=1",
         "--config.log_every_steps=1", "--config.eval_every_epochs=1", "--config.checkpoint_every_steps=2",
-        # Validation: up to 2 images per class (196 here), not 20 (1,263): each look at it is then a
-        # fifth of the work, and a TINY run looks at it five times.
+        # Validation: up to 2 images per class (196 here), not 20 (1,263): each look at it is then about a
+        # sixth of the work, and a TINY run looks at it five times.
         "--config.data.val_per_class=2",
         # XLA's own weight gradient, not `auto`: each new shape would pay a timed trial of both forms
         # (about 10-25 s) in a fresh CI; the trial is tested on its own (test_speed_choice.py).
