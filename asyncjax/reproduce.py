@@ -49,9 +49,14 @@ factor at a time, e.g. after a one-factor study:
     python -m asyncjax.reproduce --study=phase2 --budget=medium --seeds=2 --workdir=DIR ... \
         --grid=phase2.base_lr=0.1,0.03,0.01 --grid=loss.retention_weight_base=1,2,4
 
-writes DIR/study_phase2_<budget>_grid.md and .json. Study runs read no test split (read_test=False);
-each records, beside its own figures, what the post-hoc corrections of calibration.py give on
-validation (a second table). --phase2_seeds makes the seeds phase II's alone, every base and
+writes DIR/study_phase2_<budget>_grid.md and .json. Study runs read no test split (read_test=False).
+Each records, beside its own figures, what the post-hoc corrections of calibration.py give on
+validation (a second table). Once the setting is chosen on validation, --read_test=KIND (none,
+tail_bias, logit_adjustment) reads each point's finished runs on the test split once, KIND's
+correction at its value chosen on validation: copies under DIR/test/ (nothing trained again), the
+table with its test section in DIR/study_phase2_<budget>[_grid]_test_<KIND>.md and .json. Use it
+with --grid naming only the points the comparison reports (a grid of one point,
+--grid=phase2_old_rows=train, is the defaults). --phase2_seeds makes the seeds phase II's alone, every base and
 variant from the one phase I of --config.phase1_from (DIR/base_p2seed<s>): a study at the full
 budget from a finished 200-epoch run costs phase II only. The table can then reuse the study's phase I
 for the async rows: --async_phase1_from=DIR/base_seed{seed} (seeds without one train their own; a
@@ -113,6 +118,10 @@ def define_flags():
                       "every run from the one phase I of --config.phase1_from.")
     flags.DEFINE_multi_string("grid", [], "With --study: KEY=V1,V2,... (repeat the flag per key): the variants "
                               "are every combination of the keys' values (a joint grid), not one factor at a time.")
+    flags.DEFINE_enum("read_test", "", ["", "none", "tail_bias", "logit_adjustment"],
+                      "With --study, once the settings are chosen on validation: read each point's finished "
+                      "runs on the test split once (copies under DIR/test/, nothing trained again), with this "
+                      "post-hoc correction at its value chosen on validation (none: the model as trained).")
     flags.mark_flag_as_required("workdir")
 
 
@@ -216,6 +225,8 @@ def main(argv, overrides=()):
     # Errors and interruptions: cli.run's exit codes (2 bad input, 3 interrupted and resumable).
     if FLAGS.grid and FLAGS.study == "none":
         raise app.UsageError("--grid needs --study=phase2")
+    if FLAGS.read_test and FLAGS.study == "none":
+        raise app.UsageError("--read_test needs --study=phase2")
     if FLAGS.config:
         if FLAGS.study != "none" or FLAGS.ablation != "none" or FLAGS.report_only:
             raise app.UsageError("--config compares methods; --study, --ablation and --report_only are the "
@@ -223,7 +234,7 @@ def main(argv, overrides=()):
         table = compare(FLAGS.workdir, FLAGS.config, FLAGS.methods, FLAGS.seeds, FLAGS.budget, list(overrides))
     elif FLAGS.study != "none":
         table = study(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.factors, list(overrides),
-                      parse_grid(FLAGS.grid), FLAGS.phase2_seeds)
+                      parse_grid(FLAGS.grid), FLAGS.phase2_seeds, FLAGS.read_test)
     elif FLAGS.ablation != "none":
         values = FLAGS.values or ABLATIONS[FLAGS.ablation][1]
         imbalance = int(FLAGS.imbalance[0]) if FLAGS["imbalance"].present else 100

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 
 from asyncjax import config_utils, files, train
 from asyncjax.experiments import mean_std, row_config, run_seeds
@@ -119,13 +120,17 @@ def calibrated(results) -> dict:
             for kind, o in options.items() if kind != "none"}
 
 
-def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), phase2_seeds: bool = False) -> str:
+def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), phase2_seeds: bool = False,
+          read_test: str = "") -> str:
     """Phase II from one phase I per seed: the defaults (`base_seed<s>`, a whole async run) and each
     variant from its seed's phase I, named by the settings it changes (`<key>=<value>[,...]_seed<s>`,
     so a variant two studies share is trained once). Variants: each factor's values alone, or with
     `grid` ([(key, values)]) every combination. Validation figures only (the runs do not read the
     test split): the settings are chosen on them. `phase2_seeds`: the seeds are phase II's alone
-    (phase2_seed), every base from the one phase I of --config.phase1_from (`base_p2seed<s>`)."""
+    (phase2_seed), every base from the one phase I of --config.phase1_from (`base_p2seed<s>`).
+    `read_test` (a calibration kind, "" for none of this): after the settings were chosen, each
+    point's finished runs are read once on the test split (test_once), that kind's correction
+    applied at its value chosen on validation; the figures go into the table's test section."""
     if phase2_seeds and not any(o.startswith("--config.phase1_from=") for o in overrides):
         raise ValueError("--phase2_seeds needs --config.phase1_from (the one phase I the seeds share)")
     tag = "p2seed" if phase2_seeds else "seed"
@@ -145,11 +150,13 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), ph
                        train.run(study_config(seed, budget, overrides, phase2_seeds), base_dir))
     rows = []
     for settings in points:
-        results = []
+        results, tested = [], []
         for seed, (base_dir, base_config, base_results) in bases.items():
             changed = [(k, v) for k, v in settings if not _is_default(k, v, base_config)]
             if not changed:
                 results.append(base_results)
+                if read_test:
+                    tested.append(test_once(base_dir, base_config, workdir, read_test))
                 continue
             directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_{tag}{seed}")
             print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, {tag} {seed}: {directory}",
@@ -157,8 +164,10 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), ph
             # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
             # that phase I on: only a workdir that trained phase I holds its checkpoints.
             source = base_config.phase1_from or base_dir
-            results.append(train.run(variant_config(changed, seed, budget, overrides, source, phase2_seeds),
-                                     directory))
+            config = variant_config(changed, seed, budget, overrides, source, phase2_seeds)
+            results.append(train.run(config, directory))
+            if read_test:
+                tested.append(test_once(directory, config, workdir, read_test))
         row = {"settings": dict(settings), "seeds": len(results), "val_classes": results[0]["val"]["classes"],
                **{k: [r["val"][k] for r in results] for k in ("overall", "many", "medium", "few")},
                "phase1_val_head": [r["phase1"].get("val_head", {}).get("overall") for r in results]}
@@ -166,10 +175,35 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), ph
         if all(options):  # Each post-hoc correction at its value chosen on validation, per seed.
             row["calibrated"] = {kind: {k: [o[kind][k] for o in options] for k in options[0][kind]}
                                  for kind in options[0]}
+        if tested:
+            row["test"] = {"calibration": read_test, "value": [r["calibration"]["value"] for r in tested],
+                           "workdirs": [r["workdir"] for r in tested],
+                           **{k: [r[k] for r in tested] for k in ("overall", "many", "medium", "few")}}
         if not grid:
             row["key"], row["value"] = settings[0]
         rows.append(row)
     return write_study_table(workdir, budget, seeds, phase2_seeds, [key for key, _ in grid] if grid else None, rows)
+
+
+def test_once(directory: str, config, workdir: str, kind: str) -> dict:
+    """The finished study run in `directory` read on the test split, once: a copy of it under
+    `workdir`/test/ (its checkpoints and bank; nothing is trained again) run with read_test=True and
+    `kind`'s correction (calibration.py) at its value chosen on validation. A copy that already
+    has its results.json is only reported, so the test split is read once per run and kind."""
+    if not os.path.exists(os.path.join(directory, "results.json")):
+        raise FileNotFoundError(f"{directory} has not finished: the test split is read only after training")
+    name = os.path.basename(os.path.normpath(directory)) + ("" if kind == "none" else f",calibration={kind}")
+    target = os.path.join(workdir, "test", name)
+    if not os.path.exists(target):
+        partial = target + ".copying"
+        shutil.rmtree(partial, ignore_errors=True)
+        # Without results.json (the run would only be reported) and the applied offset (rewritten).
+        shutil.copytree(directory, partial, ignore=shutil.ignore_patterns("results.json", "logit_offset.json"))
+        os.replace(partial, target)
+    config = config.copy_and_resolve_references()
+    config.read_test, config.calibration.kind = True, kind
+    print(f"=== study phase2, read on test once ({kind}): {target}", flush=True)
+    return {**train.run(config, target), "workdir": target}
 
 
 def write_study_table(workdir: str, budget: str, seeds: int, phase2_seeds: bool, keys, rows) -> str:
@@ -204,7 +238,21 @@ def write_study_table(workdir: str, budget: str, seeds: int, phase2_seeds: bool,
                 lines.append("| " + " | ".join([*names, kind, " / ".join(f"{v:g}" for v in figures["value"])])
                              + " | " + " | ".join(mean_std(figures[k]) for k in ("overall", "many", "medium", "few"))
                              + " |")
+    tested = [row for row in rows if "test" in row]
+    if tested:
+        kind = tested[0]["test"]["calibration"]
+        lines += ["", f"Read once on the test split after the choice (--read_test={kind}: "
+                  + ("no correction" if kind == "none" else f"{kind} at its value chosen on validation per run")
+                  + "); each run's files under test/:", "",
+                  "| " + (" | ".join(keys) if grid else "factor | value") + " | seeds | overall | many | medium | few |",
+                  "|" + "---|" * ((len(keys) if grid else 2) + 5)]
+        for row in tested:
+            names = [row["settings"][k] for k in keys] if grid else [row["key"], row["value"]]
+            lines.append("| " + " | ".join([*names, str(len(row["test"]["overall"]))]) + " | " + " | ".join(
+                mean_std(row["test"][k]) for k in ("overall", "many", "medium", "few")) + " |")
     text = "\n".join(lines) + "\n"
+    if tested:  # Its own files: the validation-only table of the same points stays as it was.
+        stem += f"_test_{kind}"
     files.write_text(stem + ".md", text)
     files.write_text(stem + ".json", json.dumps({"study": "phase2", "budget": budget, "seeds": seeds,
                                                   "phase2_seeds": phase2_seeds, "grid": keys, "rows": rows}))

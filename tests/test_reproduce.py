@@ -132,6 +132,29 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     assert "| phase2.batch_norm | phase2.base_lr | overall |" in (root / "study_phase2_smoke_grid.md").read_text()
     plot.make_plots(str(root))  # What `python -m asyncjax.plot --workdir=ROOT` runs (its CLI: the table test).
     assert (root / "plots" / "study_phase2_smoke_grid.png").stat().st_size > 1000
+    # After the choice: the chosen points read on test once (--read_test), in-process. Copies of the
+    # finished runs, nothing retrained (the same validation figures); the study's own runs untouched.
+    from asyncjax import studies
+    overrides = [a for a in grid if a.startswith("--config.")]
+    before = (root / "phase2.batch_norm=freeze_seed0" / "results.json").read_bytes()
+    read = root / "test" / "phase2.batch_norm=freeze_seed0,calibration=logit_adjustment" / "results.json"
+    stamps = []
+    for _ in range(2):  # The second time only reports: test is read once per run.
+        studies.study(str(root), "smoke", 1, [], overrides, studies.parse_grid(["phase2.batch_norm=update,freeze"]),
+                      read_test="logit_adjustment")
+        stamps.append(read.stat().st_mtime_ns)
+    assert stamps[0] == stamps[1]
+    assert (root / "phase2.batch_norm=freeze_seed0" / "results.json").read_bytes() == before
+    tested = json.loads(read.read_text())
+    assert tested["test_read"] is True and tested["evaluated_on"] == "test" and "overall" in tested
+    chosen = variant["calibration"]["options"]["logit_adjustment"]
+    assert tested["calibration"]["applied"] == "logit_adjustment"
+    assert tested["calibration"]["value"] == chosen["value"]  # Chosen on validation, as in the study run.
+    assert tested["val"]["overall"] == chosen["val"]["overall"]  # The same model: nothing retrained.
+    assert (root / "test" / "base_seed0,calibration=logit_adjustment" / "results.json").exists()
+    figures = json.loads((root / "study_phase2_smoke_grid_test_logit_adjustment.json").read_text())
+    assert figures["rows"][1]["test"]["overall"] == [tested["overall"]]
+    assert "Read once on the test split" in (root / "study_phase2_smoke_grid_test_logit_adjustment.md").read_text()
 
 
 def test_grid_study_runs_every_combination_from_each_seeds_phase1(tmp_path, monkeypatch):
