@@ -154,18 +154,17 @@ def study(workdir: str, budget: str, seeds: int, factors, overrides, grid=(), ph
         for seed, (base_dir, base_config, base_results) in bases.items():
             changed = [(k, v) for k, v in settings if not _is_default(k, v, base_config)]
             if not changed:
+                directory, config = base_dir, base_config
                 results.append(base_results)
-                if read_test:
-                    tested.append(test_once(base_dir, base_config, workdir, read_test))
-                continue
-            directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_{tag}{seed}")
-            print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, {tag} {seed}: {directory}",
-                  flush=True)
-            # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
-            # that phase I on: only a workdir that trained phase I holds its checkpoints.
-            source = base_config.phase1_from or base_dir
-            config = variant_config(changed, seed, budget, overrides, source, phase2_seeds)
-            results.append(train.run(config, directory))
+            else:
+                directory = os.path.join(workdir, ",".join(f"{k}={v}" for k, v in changed) + f"_{tag}{seed}")
+                print(f"=== study phase2, {', '.join(f'{k} = {v}' for k, v in settings)}, {tag} {seed}: "
+                      f"{directory}", flush=True)
+                # A base that itself took its phase I from elsewhere (--config.phase1_from) hands
+                # that phase I on: only a workdir that trained phase I holds its checkpoints.
+                source = base_config.phase1_from or base_dir
+                config = variant_config(changed, seed, budget, overrides, source, phase2_seeds)
+                results.append(train.run(config, directory))
             if read_test:
                 tested.append(test_once(directory, config, workdir, read_test))
         row = {"settings": dict(settings), "seeds": len(results), "val_classes": results[0]["val"]["classes"],
