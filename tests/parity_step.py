@@ -1,6 +1,7 @@
 """Runs two phase-II steps sharded over all visible devices; prints the metrics as JSON.
 
-Called by test_train.py with XLA_FLAGS=--xla_force_host_platform_device_count=N.
+Called by test_train.py with XLA_FLAGS=--xla_force_host_platform_device_count=N (the one-device
+layout in the test's own process: `parity`).
 """
 import json
 import sys
@@ -14,13 +15,14 @@ from asyncjax import augment, config_utils, optim, sharding, steps
 from asyncjax.models import make_backbone, make_model
 
 
-def main():
-    # argv: model axis size, number of classes (7 does not divide a model axis of 2: padded head).
-    num_head, num_classes, batch = 5, int(sys.argv[2]) if len(sys.argv) > 2 else 8, 16
+def parity(model_axis: int = 1, num_classes: int = 8) -> dict:
+    """Two phase-II steps over a mesh of every visible device with a model axis of `model_axis`
+    (7 classes do not divide a model axis of 2: a padded head); what main() prints."""
+    num_head, batch = 5, 16
     recipe = config_utils.phase_recipe(epochs=1, batch_size=batch, base_lr=0.1, base_batch_size=batch,
                                        schedule="step")
     tx, schedule = optim.make_optimizer(recipe, 10)
-    mesh = sharding.make_mesh(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    mesh = sharding.make_mesh(model_axis)
     model = make_model("resnet8", "cosine", num_classes, num_padded=sharding.padded_classes(num_classes, mesh))
     loss_config = ml_collections.ConfigDict(dict(retention_temperature=1.0, retention_normalize=True,
                                                  retention_reduction="mean", intra_margin=0.5, intra_top_k=2))
@@ -48,10 +50,11 @@ def main():
         kernel = np.asarray(state.params["head"]["kernel"])
         padding = kernel[:, num_classes:]
         kernel = kernel[:, :num_classes]
-    print(json.dumps({"devices": jax.device_count(), "metrics": results, "kernel_spec": kernel_spec,
-                      "kernel_sum": float(np.abs(kernel).sum()), "kernel_width": int(kernel.shape[1] + padding.shape[1]),
-                      "padding_abs_sum": float(np.abs(padding).sum())}))
+    return {"devices": jax.device_count(), "metrics": results, "kernel_spec": kernel_spec,
+            "kernel_sum": float(np.abs(kernel).sum()), "kernel_width": int(kernel.shape[1] + padding.shape[1]),
+            "padding_abs_sum": float(np.abs(padding).sum())}
 
 
 if __name__ == "__main__":
-    main()
+    # argv: model axis size, number of classes.
+    print(json.dumps(parity(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 8)))

@@ -44,8 +44,14 @@ def test_imagenet_lt_and_inat_smoke_on_mock_tfds(tmp_path):
                    f"--workdir={tmp_path / 'imagenet'}", "--config.split.num_head_classes=12", *SMALL])
     assert "val (monitoring only)" in output and "test (monitoring only)" not in output
     _check_results(tmp_path / "imagenet", 1000)
-    _run(["-m", "tests.mock_main", "40", "--config=configs/inat.py:smoke=True", f"--workdir={tmp_path / 'inat'}",
-          "--config.method=plain", "--config.split.num_head_classes=12", *SMALL])
+    # iNat in-process, under the same mock (what tests.mock_main runs): no second JAX start-up.
+    import tensorflow_datasets as tfds
+
+    from tests.helpers import run_in_process
+    with tfds.testing.mock_data(num_examples=40):
+        result = run_in_process(tmp_path / "inat", None, "--config.method=plain",
+                                "--config.split.num_head_classes=12", *SMALL, config="configs/inat.py:smoke=True")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     _check_results(tmp_path / "inat", 8142)
 
 

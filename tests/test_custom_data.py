@@ -114,11 +114,12 @@ def test_split_lists_of_larger_images_stream_with_names_from_a_file(tmp_path):
 
 
 def test_any_tfds_image_dataset_made_long_tailed(tmp_path):
+    import tensorflow_datasets as tfds
+
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "tests.mock_main", "400", "--config=configs/custom.py:kind=tfds,name=mnist,"
-               "imbalance=10,smoke=True", f"--workdir={workdir}", "--config.data.val_per_class=3"]
-    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
-                            timeout=600)
+    with tfds.testing.mock_data(num_examples=400):  # What tests.mock_main runs, in this process.
+        result = _in_process(workdir, "configs/custom.py:kind=tfds,name=mnist,imbalance=10,smoke=True",
+                             "--config.data.val_per_class=3")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     counts = results["train_counts"]  # By rank: lt_counts over 10 classes from the smallest class's size.

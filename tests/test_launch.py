@@ -9,6 +9,7 @@ import pytest
 from tests import helpers
 
 SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run", "benchmarks/gpu_check.sh",
+           "benchmarks/suite_time.sh",
            "launch/carry.sh"]
 
 

@@ -120,7 +120,8 @@ def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tin
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cifar):
     workdir = tmp_path / "wd"
-    result = helpers.run_main(workdir, tiny_cifar, *helpers.TINY, "--config.phase2.base_lr=1e30")
+    # In-process: the trainer's stop and cli.guarded's exit code (2) and `error:` line, as the command line.
+    result = helpers.run_in_process(workdir, tiny_cifar, *helpers.TINY, "--config.phase2.base_lr=1e30")
     assert result.returncode == 2, result.stderr[-3000:]
     assert re.search(r"non-finite (loss|parameters) in phase2 at step \d+: \w+ = (nan|inf)", result.stderr), \
         result.stderr

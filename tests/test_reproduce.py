@@ -25,9 +25,16 @@ def test_reproduce_smoke_table(tmp_path):
     for row in ("plain_if10_seed0", "plain_if10_seed1", "async_if10_seed0", "async_if10_seed1"):
         assert (tmp_path / "rep" / row / "results.json").exists()
     # A rerun of one method only reports its finished runs and merges into the table: no row is lost.
-    again = subprocess.run([a if a != "--methods=plain,async" else "--methods=plain" for a in command],
-                           cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("is complete") == 2
+    # In-process (reproduce.reproduce, what the command line above ran): no second JAX start-up.
+    import contextlib
+    import io
+
+    from asyncjax import reproduce
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        reproduce.reproduce(str(tmp_path / "rep"), "smoke", 2, ["plain"], [10],
+                            [a for a in command if a.startswith("--config.")])
+    assert printed.getvalue().count("is complete") == 2
     assert (tmp_path / "rep" / "cifar100_lt_smoke.md").read_text() == table
     figures = json.loads((tmp_path / "rep" / "cifar100_lt_smoke.json").read_text())
     plain = next(r for r in figures["rows"] if r["method"] == "plain")
@@ -99,12 +106,13 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     assert (root / "plots" / "study_phase2_smoke.png").stat().st_size > 1000
     # A study around other defaults (tau 0.1) over the same phase I: its base takes phase I from the
     # first study's base, and so does its variant (the new base holds no phase-I checkpoints).
+    # In-process from here on (studies.study, what the command line above runs): the command line is
+    # tested once above, and each further process would pay JAX's start-up again.
+    from asyncjax import studies
     around = tmp_path / "around"
-    command = [a.replace(str(root), str(around)) for a in command]
-    command += ["--config.loss.retention_temperature=0.1", f"--config.phase1_from={root / 'base_seed{seed}'}"]
-    result = subprocess.run(command, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    overrides = [a for a in command if a.startswith("--config.")]
+    overrides += ["--config.loss.retention_temperature=0.1", f"--config.phase1_from={root / 'base_seed{seed}'}"]
+    studies.study(str(around), "smoke", 1, ["phase2.batch_norm"], overrides)
     for run in ("base_seed0", "phase2.batch_norm=freeze_seed0"):
         chained = json.loads((around / run / "results.json").read_text())
         assert chained["phase1_from"] == str(root / "base_seed0"), run
@@ -112,16 +120,17 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
         assert chained["phase1"] == variant["phase1"], run  # The very same phase-I model.
     # A joint grid in the first study's root: (freeze, the default lr) is the one-factor run already
     # there (reported, not retrained); (freeze, lr 0.005) is new and named by both settings.
+    import contextlib
+    import io
+
     from asyncjax import experiments
     lr = f"{experiments.row_config('async', 100, 0, 'smoke', []).phase2.base_lr:g}"
-    grid = [a for a in command if a.startswith(("--workdir", "--config.data")) or a in helpers.TINY]
-    grid = [sys.executable, "-m", "asyncjax.reproduce", "--study=phase2", "--budget=smoke", "--seeds=1",
-            f"--workdir={root}", "--grid=phase2.batch_norm=freeze", f"--grid=phase2.base_lr={lr},0.005",
-            *[a for a in grid if not a.startswith("--workdir")]]
-    result = subprocess.run(grid, cwd=helpers.REPO, env=helpers.cli_env(), capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("is complete") == 2  # The base and the one-factor variant.
+    overrides = [a for a in command if a.startswith("--config.data") or a in helpers.TINY]
+    grid = studies.parse_grid(["phase2.batch_norm=freeze", f"phase2.base_lr={lr},0.005"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        studies.study(str(root), "smoke", 1, [], overrides, grid)
+    assert printed.getvalue().count("is complete") == 2  # The base and the one-factor variant.
     both = json.loads((root / "phase2.batch_norm=freeze,phase2.base_lr=0.005_seed0" / "results.json").read_text())
     assert (both["config"]["phase2"]["batch_norm"], both["config"]["phase2"]["base_lr"]) == ("freeze", 0.005)
     figures = json.loads((root / "study_phase2_smoke_grid.json").read_text())
@@ -134,8 +143,6 @@ def test_phase2_study_smoke_from_one_phase1(tmp_path):
     assert (root / "plots" / "study_phase2_smoke_grid.png").stat().st_size > 1000
     # After the choice: the chosen points read on test once (--read_test), in-process. Copies of the
     # finished runs, nothing retrained (the same validation figures); the study's own runs untouched.
-    from asyncjax import studies
-    overrides = [a for a in grid if a.startswith("--config.")]
     before = (root / "phase2.batch_norm=freeze_seed0" / "results.json").read_bytes()
     read = root / "test" / "phase2.batch_norm=freeze_seed0,calibration=logit_adjustment" / "results.json"
     stamps = []

@@ -49,11 +49,13 @@ def test_override_changes_the_run(tmp_path, tiny_cifar):
 @pytest.mark.parametrize("method", ["async", "plain"])
 def test_smoke_run_on_real_cifar100_lt(tmp_path, cifar100_dir, method):
     workdir = tmp_path / method
-    # async: the README's smoke command as it is (the weight-gradient form timed, `auto`); plain
-    # takes XLA's form, so that a fresh machine pays the timed trial once, not in both.
+    # async: the README's smoke command as it is, a real process (the weight-gradient form timed,
+    # `auto`); plain runs in-process (the same config and trainer, no second JAX start-up) and takes
+    # XLA's form, so that a fresh machine pays the timed trial once, not in both.
     fixed = [] if method == "async" else ["--config.model.conv_weight_grad=xla"]
-    result = helpers.run_main(workdir, cifar100_dir, f"--config.method={method}", *fixed,
-                              config="configs/cifar100_lt.py:imbalance=100,smoke=True")
+    run = helpers.run_main if method == "async" else helpers.run_in_process
+    result = run(workdir, cifar100_dir, f"--config.method={method}", *fixed,
+                 config="configs/cifar100_lt.py:imbalance=100,smoke=True")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     for key in ("overall", "many", "medium", "few"):
@@ -151,10 +153,16 @@ def test_scanned_steps_unrolled_has_no_loop_and_matches_the_loop():
 def test_one_device_and_eight_devices_agree(num_classes):
     """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model). With 7
     classes the model axis of 2 takes a head padded to 8 columns: the same steps, padding left at zero."""
+    import jax
+
+    from tests import parity_step
     outputs = []
     # With 7 classes only the padded 4 x 2 layout is new: 8 data devices alone are the 8-class case's.
     layouts = ((1, 1), (8, 1), (8, 2)) if num_classes == 8 else ((1, 1), (8, 2))
     for devices, model_axis in layouts:
+        if devices == jax.device_count():  # One device: this process (the tests' own) will do.
+            outputs.append(parity_step.parity(model_axis, num_classes))
+            continue
         result = subprocess.run([sys.executable, "-m", "tests.parity_step", str(model_axis), str(num_classes)],
                                 cwd=helpers.REPO, env=helpers.cli_env(devices), capture_output=True, text=True,
                                 timeout=300)
