@@ -33,12 +33,16 @@ ln -s "$shared" "$out/shared"
 sed -i -e "s/pytest -q -n 2/pytest -q -n $workers/" -e "s/--durations=25/--durations=0/" "$out/main/.ci/run"
 mkdir -m 700 "$out/cache" "$out/cache/tests-xla"
 pids=""
-if [[ -n "$pause" ]]; then
-  pids="$(pgrep -f "$pause" | tr '\n' ' ' || true)"
-fi
 continue_paused() { for p in $pids; do kill -CONT "$p" 2>/dev/null || true; done; }
 trap continue_paused EXIT
-for p in $pids; do kill -STOP "$p"; done
+if [[ -n "$pause" ]]; then
+  # Not this script (its own command line holds the pattern) nor what pgrep's subshell was.
+  for p in $(pgrep -f "$pause" || true); do
+    if [[ "$p" != "$$" ]] && ! grep -q suite_time "/proc/$p/cmdline" 2>/dev/null && kill -STOP "$p" 2>/dev/null; then
+      pids="$pids $p"
+    fi
+  done
+fi
 start=$(date +%s)
 set +e
 (cd "$out/main" && CI=true JAX_COMPILATION_CACHE_DIR="$out/cache/tests-xla" bash .ci/run) > "$out/ci.log" 2>&1
