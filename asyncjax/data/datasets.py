@@ -24,7 +24,7 @@ import os
 import ml_collections
 import numpy as np
 
-from asyncjax.data import cifar, custom, sources
+from asyncjax.data import cifar, cifar_pack, custom, sources
 from asyncjax.data.longtail import LongTailData, long_tailed_subset
 from asyncjax.data.pipeline import InMemoryImages, streaming_tables
 
@@ -56,6 +56,15 @@ def load(config: ml_collections.ConfigDict, log=print) -> LongTailData:
     raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {DATASETS}")
 
 
+def _says_resplit(directory) -> bool:
+    """The shared copy's README travels with a packed copy (cifar_pack): it names the re-split."""
+    readme = os.path.join(directory, "README.md")
+    if not os.path.isfile(readme):
+        return False
+    with open(readme, errors="replace") as f:
+        return "re-split" in f.read()
+
+
 def load_cifar100_lt(data_config) -> LongTailData:
     """CIFAR-100-LT: the training split subsampled to lt_counts(100, max_count, IF); the
     balanced test split untouched."""
@@ -69,8 +78,10 @@ def load_cifar100_lt(data_config) -> LongTailData:
         raise ValueError(f"{e} (max_count {data_config.max_count}, imbalance {data_config.imbalance}); the "
                          f"training split holds {len(train_labels)} images, {per_class.min()} to {per_class.max()} "
                          "per class: is train.bin truncated? The official one holds 50,000 (500 per class)") from e
+    if directory:  # An unpacked copy (cifar_pack) holds some training rows only: refuse the others.
+        cifar_pack.check_rows(directory, keep if val is None else np.concatenate([keep, val]))
     note = ""
-    if directory and "shared" in str(directory).split("/"):
+    if directory and ("shared" in str(directory).split("/") or _says_resplit(directory)):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
     val_images = val_labels = None
     if val is not None:
