@@ -117,7 +117,8 @@ def unpack(pack_dir: str, output: str) -> dict:
         raise ValueError(f"{output} exists: unpack into a new folder")
     with open(os.path.join(pack_dir, "manifest.json")) as f:
         manifest = json.load(f)
-    with np.load(os.path.join(pack_dir, "labels.npz"), allow_pickle=False) as saved:
+    labels = os.path.join(pack_dir, "labels.npz")
+    with np.load(labels, allow_pickle=False) as saved:
         train_labels, test_labels, used = saved["train"], saved["test"], saved["used"]
     train = np.zeros((manifest["train_rows"], RECORD), np.uint8)
     train[:, :2] = train_labels
@@ -145,7 +146,8 @@ def check_rows(directory: str, rows: np.ndarray) -> None:
     path = os.path.join(directory, PACKED)
     if not os.path.isfile(path):
         return
-    held = np.load(os.path.join(directory, "packed_rows.npy"))
+    rows_file = os.path.join(directory, "packed_rows.npy")
+    held = np.load(rows_file, allow_pickle=False)
     missing = np.setdiff1d(rows, held)
     if len(missing):
         with open(path) as f:
