@@ -1,4 +1,5 @@
-"""Runs two phase-II steps sharded over all visible devices; prints the metrics as JSON.
+"""Runs two phase-II steps sharded over all visible devices, for each layout named on the command
+line (MODEL_AXIS:NUM_CLASSES); prints the metrics as one JSON list.
 
 Called by test_train.py with XLA_FLAGS=--xla_force_host_platform_device_count=N (the one-device
 layout in the test's own process: `parity`).
@@ -56,5 +57,6 @@ def parity(model_axis: int = 1, num_classes: int = 8) -> dict:
 
 
 if __name__ == "__main__":
-    # argv: model axis size, number of classes.
-    print(json.dumps(parity(int(sys.argv[1]) if len(sys.argv) > 1 else 1, int(sys.argv[2]) if len(sys.argv) > 2 else 8)))
+    # argv: layouts MODEL_AXIS:NUM_CLASSES (default 1:8), each over every visible device; one JSON list.
+    specs = [tuple(int(v) for v in spec.split(":")) for spec in sys.argv[1:] or ["1:8"]]
+    print(json.dumps([parity(model_axis, num_classes) for model_axis, num_classes in specs]))

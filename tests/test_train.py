@@ -149,25 +149,31 @@ def test_scanned_steps_unrolled_has_no_loop_and_matches_the_loop():
     np.testing.assert_allclose(outputs[1][0]["w"], expected, rtol=1e-5)
 
 
+# Every 8-device layout of the test below in one process (one JAX start-up, not three).
+EIGHT_DEVICE_LAYOUTS = ("1:8", "2:8", "2:7")
+
+
+@pytest.fixture(scope="module")
+def eight_device_parity():
+    result = subprocess.run([sys.executable, "-m", "tests.parity_step", *EIGHT_DEVICE_LAYOUTS], cwd=helpers.REPO,
+                            env=helpers.cli_env(8), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(zip(EIGHT_DEVICE_LAYOUTS, json.loads(result.stdout.strip().splitlines()[-1])))
+
+
+@pytest.mark.xdist_group("eight_devices")  # One worker, so that the module fixture runs once.
 @pytest.mark.parametrize("num_classes", [8, 7])
-def test_one_device_and_eight_devices_agree(num_classes):
+def test_one_device_and_eight_devices_agree(num_classes, eight_device_parity):
     """Same phase-II steps on 1 device, 8 devices (data), and 4 x 2 devices (data x model). With 7
     classes the model axis of 2 takes a head padded to 8 columns: the same steps, padding left at zero."""
     import jax
 
     from tests import parity_step
-    outputs = []
+    assert jax.device_count() == 1  # The one-device layout runs in this process, the tests' own.
     # With 7 classes only the padded 4 x 2 layout is new: 8 data devices alone are the 8-class case's.
     layouts = ((1, 1), (8, 1), (8, 2)) if num_classes == 8 else ((1, 1), (8, 2))
-    for devices, model_axis in layouts:
-        if devices == jax.device_count():  # One device: this process (the tests' own) will do.
-            outputs.append(parity_step.parity(model_axis, num_classes))
-            continue
-        result = subprocess.run([sys.executable, "-m", "tests.parity_step", str(model_axis), str(num_classes)],
-                                cwd=helpers.REPO, env=helpers.cli_env(devices), capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    outputs = [parity_step.parity(1, num_classes)]
+    outputs += [eight_device_parity[f"{model_axis}:{num_classes}"] for _, model_axis in layouts[1:]]
     assert [o["devices"] for o in outputs] == [d for d, _ in layouts]
     assert "model" in outputs[-1]["kernel_spec"] and "model" not in outputs[-2 if num_classes == 8 else 0]["kernel_spec"]
     assert outputs[-1]["kernel_width"] == 8 and outputs[0]["kernel_width"] == num_classes
