@@ -57,28 +57,37 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_queue_out"))
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    start = time.time()
     rows = [(r.split("@")[0], int(r.split("@")[1])) for r in args.rows.split(",")]
-    os.makedirs(args.out, exist_ok=True)
     data = cifar_dir(args)
-    budget = "smoke" if args.smoke else "full"
     # Device-resident images and 20 steps per dispatch: the GPU does not wait on Python.
     overrides = [f"--config.data.cifar100_dir={data}", "--config.steps_per_dispatch=20",
                  "--config.log_every_steps=100"]
+    codes = run_rows(rows, args.imbalance, "smoke" if args.smoke else "full", overrides, args.budget_seconds,
+                     args.root, args.out, f"data {data}")
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def run_rows(rows, imbalance: int, budget: str, overrides, budget_seconds: float, root: str, out: str,
+             note: str = "", child: str = CHILD) -> list:
+    """Trains the rows side by side (`child` is each process's Python code), stops what is still
+    running at the budget's end (SIGTERM), writes OUT/gpu_queue.txt and OUT/gpu_queue.tar.gz;
+    returns the processes' exit codes."""
+    start = time.time()
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(root, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                XLA_PYTHON_CLIENT_PREALLOCATE="false")  # Several processes share the one GPU's memory.
     children = {}
     for method, seed in rows:
-        name = f"{method}_if{args.imbalance}_seed{seed}"
-        workdir = os.path.join(args.root, name)
-        os.makedirs(args.root, exist_ok=True)
-        log = open(os.path.join(args.root, f"{name}.out"), "a")
-        children[name] = (subprocess.Popen(
-            [sys.executable, "-c", CHILD, method, str(args.imbalance), str(seed), budget, workdir, *overrides],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), workdir)
-    deadline = start + args.budget_seconds
+        name = f"{method}_if{imbalance}_seed{seed}"
+        workdir = os.path.join(root, name)
+        with open(os.path.join(root, f"{name}.out"), "a") as log:
+            children[name] = (subprocess.Popen(
+                [sys.executable, "-c", child, method, str(imbalance), str(seed), budget, workdir, *overrides],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), workdir)
+    deadline = start + budget_seconds
     while time.time() < deadline and any(p.poll() is None for p, _ in children.values()):
-        time.sleep(5)
+        time.sleep(min(5, max(0.1, deadline - time.time())))
     for process, _ in children.values():
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # Checkpoint and exit 3: resumable.
@@ -87,8 +96,9 @@ def main():
             process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             process.kill()
-    lines = [f"device: {device()}", f"budget {budget}, {time.time() - start:.0f} s in all, data {data}"]
-    with tarfile.open(os.path.join(args.out, "gpu_queue.tar.gz"), "w:gz") as tar:
+            process.wait()
+    lines = [f"device: {device()}", f"budget {budget}, {time.time() - start:.0f} s in all, {note}".rstrip(", ")]
+    with tarfile.open(os.path.join(out, "gpu_queue.tar.gz"), "w:gz") as tar:
         for name, (process, workdir) in children.items():
             results = os.path.join(workdir, "results.json")
             finished = os.path.isfile(results)
@@ -98,7 +108,7 @@ def main():
             for item in kept:
                 if os.path.exists(os.path.join(workdir, item)):
                     tar.add(os.path.join(workdir, item), arcname=f"{name}/{item}")
-            tar.add(os.path.join(args.root, f"{name}.out"), arcname=f"{name}/process.out")
+            tar.add(os.path.join(root, f"{name}.out"), arcname=f"{name}/process.out")
             if finished:
                 with open(results) as f:
                     r = json.load(f)
@@ -108,9 +118,9 @@ def main():
                 lines.append(f"{name}: exit {process.returncode}, not finished (checkpoints in the archive)")
     text = "\n".join(lines)
     print(text)
-    with open(os.path.join(args.out, "gpu_queue.txt"), "w") as f:
+    with open(os.path.join(out, "gpu_queue.txt"), "w") as f:
         f.write(text + "\n")
-    return 0 if all(p.returncode == 0 for p, _ in children.values()) else 1
+    return [process.returncode for process, _ in children.values()]
 
 
 def device() -> str:
