@@ -19,13 +19,10 @@ NUM_CLASSES = 100
 SPLIT_FILES = {"train": "train.bin", "test": "test.bin"}
 
 
-def read_cifar100_binary(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split of CIFAR-100 in the official binary layout.
-
-    Returns (images uint8 [N, 32, 32, 3] in HWC order, fine labels int64 [N]).
-    Raises FileNotFoundError / ValueError with the offending path when the
-    directory or file is missing or the file is not a whole number of records.
-    """
+def read_records(directory: str, split: str) -> np.ndarray:
+    """One split's raw records, uint8 [N, 3074] (coarse label, fine label, pixel planes), checked:
+    FileNotFoundError / ValueError with the offending path when the directory or file is missing
+    or the file is not a whole number of records."""
     if split not in SPLIT_FILES:
         raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}, got {split!r}")
     if not os.path.isdir(directory):
@@ -41,7 +38,17 @@ def read_cifar100_binary(directory: str, split: str) -> tuple[np.ndarray, np.nda
         raise ValueError(
             f"{path!r} has {size} bytes, not a whole number of {RECORD_BYTES}-byte "
             "CIFAR-100 records: the file is truncated or not CIFAR-100 binary")
-    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    return np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+
+
+def read_cifar100_binary(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one split of CIFAR-100 in the official binary layout.
+
+    Returns (images uint8 [N, 32, 32, 3] in HWC order, fine labels int64 [N]); the checks
+    of read_records.
+    """
+    raw = read_records(directory, split)
+    path = os.path.join(directory, SPLIT_FILES[split])
     labels = raw[:, 1].astype(np.int64)
     if labels.max() >= NUM_CLASSES:
         raise ValueError(f"{path!r} has fine labels >= {NUM_CLASSES}: not CIFAR-100")

@@ -25,16 +25,10 @@ import sys
 
 import numpy as np
 
-RECORD = 3074          # coarse label, fine label, 3,072 pixel bytes (R, G, B planes of 32 x 32).
+from asyncjax.data.cifar import RECORD_BYTES as RECORD, read_records
+
 TILES = 64             # A mosaic holds TILES x TILES images (2,048 x 2,048 px).
 PACKED = "PACKED.json"
-
-
-def _records(directory: str, split: str) -> np.ndarray:
-    raw = np.fromfile(os.path.join(directory, f"{split}.bin"), dtype=np.uint8)
-    if raw.size % RECORD:
-        raise ValueError(f"{directory}/{split}.bin is not a whole number of {RECORD}-byte records")
-    return raw.reshape(-1, RECORD)
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -87,7 +81,7 @@ def pack(cifar100_dir: str, output: str, imbalances=(100,), val_per_class: int =
     """Writes the pack for these imbalance factors into `output` (a new folder); returns its manifest."""
     if os.path.exists(output):
         raise ValueError(f"{output} exists: pack into a new folder")
-    train, test = _records(cifar100_dir, "train"), _records(cifar100_dir, "test")
+    train, test = read_records(cifar100_dir, "train"), read_records(cifar100_dir, "test")
     used = rows_used(train[:, 1], imbalances, val_per_class, subsample_seed, max_count)
     os.makedirs(output)
     np.savez_compressed(os.path.join(output, "labels.npz"), train=train[:, :2], test=test[:, :2], used=used)

@@ -57,7 +57,8 @@ def load(config: ml_collections.ConfigDict, log=print) -> LongTailData:
 
 
 def _says_resplit(directory) -> bool:
-    """The shared copy's README travels with a packed copy (cifar_pack): it names the re-split."""
+    """Whether the copy's own README names a re-split (../shared's does, and travels with a packed
+    copy of it, cifar_pack); an official download has no README."""
     readme = os.path.join(directory, "README.md")
     if not os.path.isfile(readme):
         return False
@@ -81,7 +82,7 @@ def load_cifar100_lt(data_config) -> LongTailData:
     if directory:  # An unpacked copy (cifar_pack) holds some training rows only: refuse the others.
         cifar_pack.check_rows(directory, keep if val is None else np.concatenate([keep, val]))
     note = ""
-    if directory and ("shared" in str(directory).split("/") or _says_resplit(directory)):
+    if directory and _says_resplit(directory):
         note = "CIFAR-100 re-split copy from ../shared (seeded re-split of the official images)"
     val_images = val_labels = None
     if val is not None:
