@@ -29,3 +29,22 @@ def cpu_model() -> str:
     extras = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []
     extras += [label for flag, label in (("avx512f", "avx512"), ("amx_tile", "amx")) if flag in flags]
     return f"{name} ({', '.join(extras)})" if extras else name
+
+
+def device_name() -> str:
+    """What trains in this process, in words: the CPU model (cpu_model) on JAX's CPU backend, else
+    the accelerator's kind as JAX names it ('NVIDIA H200', 'TPU v5 lite'). Results record the
+    seconds each one trained (results.json `trained_on_s`), since a run may move between machines."""
+    import jax  # Here, not at the top: benchmarks read cpu_model without starting JAX.
+
+    device = jax.devices()[0]
+    return cpu_model() if device.platform == "cpu" else device.device_kind
+
+
+def short_name(name: str) -> str:
+    """A table's form of a device_name: 'Intel Xeon (family 6 model 167)' for 'Intel(R) Xeon(R)
+    Processor (family 6 model 167, avx512, amx)'; an accelerator's kind unchanged."""
+    import re
+
+    name = re.sub(r"\((R|TM)\)| Processor|, avx512|, amx", "", name)
+    return re.sub(r"\s+", " ", name).strip()

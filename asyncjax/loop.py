@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from asyncjax import checkpointing, cli, optim, pretrained, programs, sharding
+from asyncjax import checkpointing, cli, hardware, optim, pretrained, programs, sharding
 from asyncjax.methods import PHASE_IDS
 
 
@@ -102,9 +102,23 @@ def check_finite(phase: str, step: int, values: dict) -> None:
                                    "the last good checkpoint is kept")
 
 
+def machine_seconds(meta: dict) -> dict:
+    """{machine: seconds} a checkpoint's phase has trained (its meta `machine_s`); a checkpoint
+    written before machines were recorded gives its time as 'not recorded'."""
+    if "machine_s" in meta:
+        return {name: float(s) for name, s in meta["machine_s"].items()}
+    elapsed = float(meta.get("elapsed_s", 0.0))
+    return {"not recorded": elapsed} if elapsed else {}
+
+
+def add_seconds(machines: dict, name: str, seconds: float) -> dict:
+    return {**machines, name: machines.get(name, 0.0) + seconds}
+
+
 def restore_or_init(ctx, spec: programs.PhaseSpec, built: programs.PhasePrograms, ckpt):
-    """(state, seconds trained before): the latest checkpoint that can be read (a damaged one is
-    set aside, said in the log, and the one before tried), or the phase's first state."""
+    """(state, seconds trained before, {machine: seconds} of them): the latest checkpoint that can
+    be read (a damaged one is set aside, said in the log, and the one before tried), or the phase's
+    first state."""
     abstract = sharding.abstract(built.abstract_state, built.state_shardings)
     for step in reversed(ckpt.all_steps()):
         try:
@@ -117,7 +131,7 @@ def restore_or_init(ctx, spec: programs.PhaseSpec, built: programs.PhasePrograms
             continue
         if step < built.total_steps:
             ctx.reporter.info(f"{spec.name}: resuming from step {step}/{built.total_steps}")
-        return state, float(meta.get("elapsed_s", 0.0))
+        return state, float(meta.get("elapsed_s", 0.0)), machine_seconds(meta)
     state = built.init(*spec.init_inputs)
     if ctx.config.init_from and spec.name in ("phase1", "joint"):
         # Outside the jitted init, so that the weights are not baked into a program.
@@ -125,7 +139,7 @@ def restore_or_init(ctx, spec: programs.PhaseSpec, built: programs.PhasePrograms
                                                        jax.device_get(state.batch_stats), ctx.config.init_from)
         state = jax.device_put(state.replace(params=params, batch_stats=batch_stats), built.state_shardings)
         ctx.reporter.info(f"{spec.name}: backbone initialised from {ctx.config.init_from}")
-    return state, 0.0
+    return state, 0.0, {}
 
 
 def restore_finished(ctx, spec: programs.PhaseSpec, source: str):
@@ -136,6 +150,7 @@ def restore_finished(ctx, spec: programs.PhaseSpec, source: str):
     state, meta = reader.restore(reader.latest_step(), sharding.abstract(built.abstract_state, built.state_shardings))
     reader.close()
     ctx.reporter.info(f"{spec.name}: from {source} (step {int(state.step)}, not trained here)")
+    ctx.trained_on[spec.name] = machine_seconds(meta)
     return built.model, state, float(meta.get("elapsed_s", 0.0))
 
 
@@ -233,10 +248,12 @@ def train_phase(ctx, spec: programs.PhaseSpec, evaluator, stop: StopFlag):
     built = programs.build(ctx, spec)
     recipe, sampler, model, total = built.recipe, built.sampler, built.model, built.total_steps
     ckpt = checkpointing.PhaseCheckpoints(ctx.checkpoint_dir(spec.name), keep=config.keep_checkpoints)
-    state, elapsed_before = restore_or_init(ctx, spec, built, ckpt)
+    state, elapsed_before, machines_before = restore_or_init(ctx, spec, built, ckpt)
+    ctx.trained_on[spec.name] = machines_before
     if int(state.step) >= total:
         ckpt.close()
         return model, state, elapsed_before
+    here = hardware.device_name()
     ctx.reporter.info(f"{spec.name}: {len(spec.rows)} training images, {spec.num_outputs} classes, "
                       f"{sampler.steps_per_epoch} steps/epoch x {recipe.epochs} epochs, "
                       f"global batch {recipe.batch_size}, lr {optim.scaled_learning_rate(recipe):g}, "
@@ -251,7 +268,9 @@ def train_phase(ctx, spec: programs.PhaseSpec, evaluator, stop: StopFlag):
         # Never write a checkpoint of a diverged model: the last good one stays the latest.
         # A step's loss can be finite while its update overflowed the parameters.
         check_finite(spec.name, done, {**jax.device_get(metrics), "parameters": float(_all_finite(state.params))})
-        ckpt.save(done, state, ctx.meta(elapsed_s=elapsed_before + time.time() - started, **spec.meta_extra))
+        seconds = time.time() - started
+        ckpt.save(done, state, ctx.meta(elapsed_s=elapsed_before + seconds,
+                                        machine_s=add_seconds(machines_before, here, seconds), **spec.meta_extra))
 
     try:
         while step_number < total:
@@ -284,4 +303,6 @@ def train_phase(ctx, spec: programs.PhaseSpec, evaluator, stop: StopFlag):
         # Let an in-flight (good) checkpoint finish even when the loop stops with an error.
         ckpt.wait()
         ckpt.close()
-    return model, state, elapsed_before + time.time() - started
+    seconds = time.time() - started
+    ctx.trained_on[spec.name] = add_seconds(machines_before, here, seconds)
+    return model, state, elapsed_before + seconds

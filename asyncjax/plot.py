@@ -8,7 +8,7 @@ Writes PNGs from a run's metrics.jsonl and results.json (needs matplotlib: the `
 - gradient_distortion.png (runs with diagnostics.gradient_distortion): the paper's Fig. 1,
   s(grad1, grad) and s(grad2, grad) (a, b), and the three gradient norms (c, d).
 On the root directory of `python -m asyncjax.reproduce` it writes cifar100_lt_<budget>.png
-(the table's rows: overall / Many / Medium / Few, mean and std over seeds, the paper's overall
+(the table's rows: overall / Many / Medium / Few, mean and std over seeds, the published overall
 marked) and, after `--ablation=...`, ablation_<name>_<budget>.png for each ablation run there
 (the paper's Fig. 2 and 3), and after `--config=...` compare_<budget>.png (each method's figures,
 and the per-class accuracy of the two best against the training count).
@@ -207,7 +207,8 @@ def plot_study(plt, study: dict, path):
 
 def plot_table(plt, table: dict, path):
     """The reproduction table as bars: per method and imbalance, overall / Many / Medium / Few
-    (mean over seeds, std as error bars), and the paper's overall as a marker."""
+    (mean over seeds, std as error bars), and the published overall (the table's `paper`: Table 3
+    or the baseline's own source) as a marker."""
     import numpy as np
 
     groups = ("overall", "many", "medium", "few")
@@ -223,7 +224,7 @@ def plot_table(plt, table: dict, path):
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         if row.get("paper"):
             ax.plot([x[0]], [row["paper"]], "k_", markersize=14, markeredgewidth=2)
-    ax.plot([], [], "k_", markersize=14, markeredgewidth=2, label="paper, 200 epochs")
+    ax.plot([], [], "k_", markersize=14, markeredgewidth=2, label="published, 200 epochs")
     ax.set_xticks([g + width * (len(rows) - 1) / 2 for g in range(len(groups))], groups)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"CIFAR-100-LT, budget {table['budget']}; mean ± std over each row's seeds", fontsize=9)

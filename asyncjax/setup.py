@@ -55,6 +55,9 @@ class Context:
     reporter: Reporter
     rng: jax.Array
     lock: object = None                 # workdir/run.lock, held while the run lives (checks.lock_workdir).
+    # Seconds each machine trained, per phase ({phase: {hardware.device_name(): s}}), over every
+    # run of the workdir (checkpoint meta `machine_s`): filled by loop.train_phase / restore_finished.
+    trained_on: dict = dataclasses.field(default_factory=dict)
 
     def close(self) -> None:
         """Closes the logs and releases the workdir for the next run."""

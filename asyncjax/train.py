@@ -63,6 +63,7 @@ def _execute(ctx: setup.Context) -> dict:
                     "test_read": read_test,
                     "class_names": ctx.class_names_by_row(),
                     "num_classes": ctx.split.num_classes, "devices": jax.device_count(),
+                    "trained_on_s": trained_on(ctx),
                     "rank_to_class": ctx.split.rank_to_class.tolist()})
     if jax.process_index() == 0:
         files.write_json(results_path, results)
@@ -73,6 +74,16 @@ def _execute(ctx: setup.Context) -> dict:
         ctx.reporter.info(f"final validation accuracy: {evaluate.summary(results['val'])} (read_test=False: "
                           "the test split was not read)")
     return results
+
+
+def trained_on(ctx) -> dict:
+    """{machine: seconds} over the phases this run trained or took from another workdir
+    (phase1_from, joint_from): which CPU or card produced the figures."""
+    total = {}
+    for machines in ctx.trained_on.values():
+        for name, seconds in machines.items():
+            total[name] = round(total.get(name, 0.0) + seconds, 1)
+    return total
 
 
 def use_compilation_cache(path: str) -> str | None:

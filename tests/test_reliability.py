@@ -101,6 +101,13 @@ def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tin
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(r"phase2: resuming from step [24]/6", resumed.stdout), resumed.stdout
     _assert_same_run(workdir, uninterrupted, tmp_path)
+    # The machine that trained is recorded with the seconds of every start, the killed one's up to
+    # its last checkpoint, as the phases' wall time counts them (the bank is not a training phase).
+    from asyncjax import hardware
+    results = json.loads((workdir / "results.json").read_text())
+    assert list(results["trained_on_s"]) == [hardware.device_name()]
+    trained = results["wall_time_s"]["phase1"] + results["wall_time_s"]["phase2"]
+    assert abs(results["trained_on_s"][hardware.device_name()] - trained) < 0.2, results
     # launch/carry.sh: the archive holds the latest finished checkpoint of each phase alone, and
     # the run resumed from it elsewhere ends as the uninterrupted run does.
     with tarfile.open(archive) as tar:
@@ -116,6 +123,18 @@ def test_interrupted_everywhere_then_resumed_matches_uninterrupted(tmp_path, tin
     assert again.returncode == 0, again.stderr[-3000:]
     assert re.search(r"phase2: resuming from step [24]/6", again.stdout), again.stdout
     _assert_same_run(carried, uninterrupted, tmp_path)
+
+
+def test_checkpoints_from_before_machines_were_recorded_say_not_recorded():
+    """A run resumed from a checkpoint written before `machine_s` existed (the queue's rows 1-2)
+    keeps that time as 'not recorded' rather than giving it to the machine that resumes."""
+    from asyncjax import hardware, loop
+    assert loop.machine_seconds({"elapsed_s": 12.5}) == {"not recorded": 12.5}
+    assert loop.machine_seconds({}) == {}
+    assert loop.machine_seconds({"elapsed_s": 5.0, "machine_s": {"NVIDIA H200": 5}}) == {"NVIDIA H200": 5.0}
+    assert loop.add_seconds({"not recorded": 12.5}, "x", 2.0) == {"not recorded": 12.5, "x": 2.0}
+    assert hardware.short_name("AMD EPYC 9R14 (family 25 model 17, avx512)") == "AMD EPYC 9R14 (family 25 model 17)"
+    assert hardware.short_name("NVIDIA H200") == "NVIDIA H200"
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_cifar):

@@ -290,20 +290,25 @@ def test_table_from_results_files_alone_merges_rows_and_names_the_missing(tmp_pa
     from asyncjax import reproduce, train
     monkeypatch.setattr(train, "run", lambda *a: pytest.fail("report_only ran a training run"))
 
-    def finished(name, overall):
+    def finished(name, overall, **extra):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(
             {"overall": overall, "many": overall + 20, "medium": overall, "few": overall - 20,
-             "wall_time_s": {"joint": 3600.0}}))
+             "wall_time_s": {"joint": 3600.0}, **extra}))
 
-    finished("cross_entropy_if100_seed0", 38.0)
-    finished("cross_entropy_if100_seed1", 40.0)
+    # The devices of a row's seeds, most seconds first; a results.json from before they were
+    # recorded says so.
+    intel = "Intel(R) Xeon(R) Processor (family 6 model 167, avx512, amx)"
+    finished("cross_entropy_if100_seed0", 38.0, trained_on_s={intel: 3000.0, "NVIDIA H200": 600.0})
+    finished("cross_entropy_if100_seed1", 40.0, trained_on_s={intel: 3600.0})
     finished("ldam_drw_if100_seed0", 42.0)
     first = reproduce.reproduce(str(tmp_path), "full", 2, ["cross_entropy"], [100], [], report_only=True)
-    assert "| cross_entropy | 100 | 2 | 39.00 ± 1.41 | 59.00 ± 1.41 | 39.00 ± 1.41 | 19.00 ± 1.41 | 38.32 | 60.0 |" in first
+    assert ("| cross_entropy | 100 | 2 | 39.00 ± 1.41 | 59.00 ± 1.41 | 39.00 ± 1.41 | 19.00 ± 1.41 | 38.32 | "
+            "paper, Table 3 | +0.68 | Intel Xeon (family 6 model 167); NVIDIA H200 | 60.0 |") in first
     second = reproduce.reproduce(str(tmp_path), "full", 2, ["ldam_drw", "async"], [100], [], report_only=True)
     assert "| cross_entropy | 100 | 2 | 39.00 ± 1.41 |" in second  # Merged from the table's earlier rows.
-    assert "| ldam_drw | 100 | 1 | 42.00 | 62.00 | 42.00 | 22.00 | 42.04 | 60.0 |" in second
+    assert ("| ldam_drw | 100 | 1 | 42.00 | 62.00 | 42.00 | 22.00 | 42.04 | paper, Table 3 | -0.04 | "
+            "not recorded | 60.0 |") in second
     assert "| async |" not in second
     assert (f"Not finished (no results.json; not in the table): {tmp_path / 'ldam_drw_if100_seed1'}, "
             f"{tmp_path / 'async_if100_seed0'}, {tmp_path / 'async_if100_seed1'}.") in second
