@@ -160,7 +160,7 @@ def write_table(rows: dict, budget: str, seeds: int, path: str, note: str) -> st
     lines = [f"# CIFAR-100-LT (paper Table 3), budget `{budget}`", "",
              "Top-1 accuracy (%) of the final model on the test split; mean ± std over seeds. Published: "
              "ResNet-32, 200 epochs; ours − published is the mean's difference. Trained on: the devices "
-             "that trained the seeds (results.json `trained_on_s`; 'not recorded' before session 19).",
+             "that trained the seeds (results.json `trained_on_s`; 'not recorded': time trained before 2026-12-07, when recording began).",
              note, "",
              "| method | IF | seeds | ours: overall | many | medium | few | published | source | "
              "ours − published | trained on | wall time / seed (min) |",
