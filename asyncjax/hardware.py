@@ -41,6 +41,16 @@ def device_name() -> str:
     return cpu_model() if device.platform == "cpu" else device.device_kind
 
 
+def total_seconds(records) -> dict:
+    """{device: seconds} summed over `records`, each {device_name: seconds} (a run's phases, a
+    row's seeds)."""
+    total = {}
+    for record in records:
+        for name, seconds in record.items():
+            total[name] = total.get(name, 0.0) + seconds
+    return total
+
+
 def short_name(name: str) -> str:
     """A table's form of a device_name: 'Intel Xeon (family 6 model 167)' for 'Intel(R) Xeon(R)
     Processor (family 6 model 167, avx512, amx)'; an accelerator's kind unchanged."""

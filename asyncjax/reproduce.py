@@ -147,10 +147,7 @@ PUBLISHED = {
 
 def machines(results: list[dict]) -> str:
     """The devices that trained a row's seeds (results.json `trained_on_s`), most seconds first."""
-    seconds = {}
-    for result in results:
-        for name, s in result.get("trained_on_s", {}).items():
-            seconds[name] = seconds.get(name, 0.0) + s
+    seconds = hardware.total_seconds(r.get("trained_on_s", {}) for r in results)
     names = sorted(seconds, key=seconds.get, reverse=True)
     return "; ".join(hardware.short_name(n) for n in names) if names else "not recorded"
 

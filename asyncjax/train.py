@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from asyncjax import evaluate, files, loop, setup, sharding
+from asyncjax import evaluate, files, hardware, loop, setup, sharding
 from asyncjax.data import longtail
 from asyncjax.methods import dual_phase, joint
 
@@ -79,11 +79,7 @@ def _execute(ctx: setup.Context) -> dict:
 def trained_on(ctx) -> dict:
     """{machine: seconds} over the phases this run trained or took from another workdir
     (phase1_from, joint_from): which CPU or card produced the figures."""
-    total = {}
-    for machines in ctx.trained_on.values():
-        for name, seconds in machines.items():
-            total[name] = round(total.get(name, 0.0) + seconds, 1)
-    return total
+    return {name: round(s, 1) for name, s in hardware.total_seconds(ctx.trained_on.values()).items()}
 
 
 def use_compilation_cache(path: str) -> str | None:
