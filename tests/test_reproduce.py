@@ -313,6 +313,27 @@ def test_table_from_results_files_alone_merges_rows_and_names_the_missing(tmp_pa
     assert (f"Not finished (no results.json; not in the table): {tmp_path / 'ldam_drw_if100_seed1'}, "
             f"{tmp_path / 'async_if100_seed0'}, {tmp_path / 'async_if100_seed1'}.") in second
     assert (tmp_path / "cifar100_lt_full.md").read_text() == second
+    assert "Leads" not in second  # No pair of LEADS is in the table yet.
+
+
+def test_table_says_whether_a_lead_exceeds_two_seed_stds(tmp_path):
+    from asyncjax import reproduce
+
+    def row(*overall):
+        return [{"overall": v, "many": v, "medium": v, "few": v, "wall_time_s": {"joint": 60.0}} for v in overall]
+
+    rows = {("plain", 100): row(41.0, 42.0, 43.0), ("async", 100): row(44.0, 44.5, 45.0),
+            ("logit_adjustment", 100): row(47.0), ("async", 50): row(49.0, 49.2), ("plain", 50): row(47.0, 47.1)}
+    text = reproduce.write_table(rows, "full", 3, str(tmp_path / "t.md"), "")
+    # IF 100: lead 44.5 - 42.0 = 2.5, the larger std 1.0 (plain's): more than 2 of them.
+    assert "- async − plain, IF 100: +2.50 (3 and 3 seeds); seed std up to 1.00, so the difference is more than 2" in text
+    # IF 50: lead 2.05 against async's std 0.141: more than 2. With plain's seeds spread wider, not.
+    assert "- async − plain, IF 50: +2.05 (2 and 2 seeds); seed std up to 0.14, so the difference is more" in text
+    rows[("plain", 50)] = row(46.0, 48.2)
+    text = reproduce.write_table(rows, "full", 3, str(tmp_path / "t.md"), "")
+    assert "- async − plain, IF 50: +2.00 (2 and 2 seeds); seed std up to 1.56, so the difference is not more" in text
+    assert ("- async − logit_adjustment, IF 100: -2.50 (3 and 1 seeds); a row with one seed has no spread to "
+            "compare with.") in text
 
 
 def test_the_cross_entropy_row_is_plain_with_the_linear_head():
@@ -320,3 +341,14 @@ def test_the_cross_entropy_row_is_plain_with_the_linear_head():
     config = experiments.row_config("cross_entropy", 100, 0, "full", [])
     assert (config.method, config.model.head, config.phase1.epochs) == ("plain", "linear", 200)
     assert experiments.row_config("plain", 100, 0, "full", []).model.head != "linear"
+
+
+def test_the_cross_entropy_recipe_check_differs_from_the_cross_entropy_row_in_batch_and_weight_decay_only():
+    from asyncjax import experiments, reproduce
+    ours = experiments.row_config("cross_entropy", 100, 0, "full", []).to_dict()
+    check = experiments.row_config("cross_entropy_ldam_recipe", 100, 0, "full", []).to_dict()
+    # LDAM-DRW's recipe: its batch (the lr scaled to it, still 0.1) and weight decay; all else the same.
+    assert {k: v for k, v in check["phase1"].items() if ours["phase1"][k] != v} == {
+        "batch_size": 128, "base_batch_size": 128, "weight_decay": 2e-4}
+    assert {k: v for k, v in check.items() if k != "phase1" and ours[k] != v} == {}
+    assert reproduce.PUBLISHED["cross_entropy_ldam_recipe"] == reproduce.PUBLISHED["cross_entropy"]
