@@ -178,6 +178,11 @@ def check_phase_finished(key: str, source: str, latest_step: int | None, total_s
 
 
 # ---- the workdir: one run at a time, and its identity -----------------------------------------
+class WorkdirBusy(ValueError):
+    """Another live process holds the workdir's lock (bad input to the CLI: exit 2, as before); a
+    queue of several workers (reproduce --skip_running) leaves that run to its holder instead."""
+
+
 def lock_workdir(workdir: str):
     """An exclusive lock on workdir/run.lock for this process's lifetime: a second run on the same
     workdir (a resubmitted job, a typo in a queue) is refused, naming the holder, before it writes
@@ -192,8 +197,8 @@ def lock_workdir(workdir: str):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ValueError(f"workdir {workdir} is in use by {holder}: one run per workdir (wait for it or stop "
-                         "it, or give another --workdir)") from None
+        raise WorkdirBusy(f"workdir {workdir} is in use by {holder}: one run per workdir (wait for it or stop "
+                          "it, or give another --workdir)") from None
     except OSError:
         handle.close()
         return None

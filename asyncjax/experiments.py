@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from asyncjax import config_utils, files, train
+from asyncjax import checks, config_utils, files, train
 
 EPOCHS = {"short": 8, "medium": 30, "full": 200}
 # Table rows that are a method with settings of their own: the field's cross-entropy row is plain
@@ -67,8 +67,12 @@ def mean_std(values) -> str:
 
 
 def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, row_dir: str, title: str,
-              async_phase1_from: str = ""):
-    """One row: the seeds' results.json dicts (each run resumes or just reports), and the data note.
+              async_phase1_from: str = "", skip_running: bool = False):
+    """One row: the seeds' results.json dicts (each run resumes or just reports; "seed" added), and
+    the data note.
+    `skip_running`: a seed that another process is training (its workdir's lock is held) is left
+    to that process and missing from the results, so that several workers of one queue share its
+    seeds; without it, such a seed raises checks.WorkdirBusy.
     An async seed whose `async_phase1_from` directory ({seed} replaced) exists starts phase II from
     that directory's phase I; the trainer refuses it unless it was trained with this row's phase-I
     settings. The decoupling family and logit_adjustment take the joint phase of the same seed's
@@ -88,7 +92,12 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
                                                              f"{SHARED_JOINT}_if{imbalance}_seed{seed}"))
             config.decoupling.tau_grid = config.loss.logit_adjustment_grid = TAU_GRID
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
-        results.append(train.run(config, directory))
+        try:
+            results.append({**train.run(config, directory), "seed": seed})
+        except checks.WorkdirBusy as busy:
+            if not skip_running:
+                raise
+            print(f"=== {title}, IF {imbalance}, seed {seed}: left to the process training it ({busy})", flush=True)
     return results, next((r["data_note"] for r in reversed(results) if r.get("data_note")), "")
 
 

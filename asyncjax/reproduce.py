@@ -99,6 +99,9 @@ def define_flags():
                       "Training budget of every row: smoke (CI), short (8 epochs per phase), medium (30), "
                       "full (the paper's 200).")
     flags.DEFINE_string("workdir", None, "Root directory; one workdir per row below it.")
+    flags.DEFINE_bool("skip_running", False, "A seed that another process is training (its workdir is locked) "
+                      "is left to it and the next one taken, so that several workers of one queue share the seeds "
+                      "(launch/evidence_queue.sh); without it such a seed stops the command (exit 2).")
     flags.DEFINE_bool("report_only", False, "Run nothing: the table from the finished seeds' results.json "
                       "files, the unfinished ones named.")
     flags.DEFINE_integer("seeds", 1, "Seeds per row (0 .. seeds-1); the table gives mean and std.")
@@ -234,10 +237,12 @@ def earlier_rows(json_path: str) -> dict:
 
 
 def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overrides,
-              async_phase1_from: str = "", report_only: bool = False) -> str:
+              async_phase1_from: str = "", report_only: bool = False, skip_running: bool = False) -> str:
     """The table's rows run one after the other (each seed resumes where it stopped, or only reports
     when finished: a queue that can be started again), then the table rewritten. `report_only`:
-    nothing is run; the table is made from the finished seeds' results.json, the missing ones named."""
+    nothing is run; the table is made from the finished seeds' results.json, the missing ones named.
+    `skip_running`: seeds that another process is training are left to it (experiments.run_seeds)
+    and named in the table's note."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"cifar100_lt_{budget}.md")
     rows, note = earlier_rows(path[:-len(".md")] + ".json"), ""
@@ -254,12 +259,15 @@ def reproduce(workdir: str, budget: str, seeds: int, methods, imbalances, overri
                     rows[(method, imbalance)] = found
                 note = next((r["data_note"] for r in found if r.get("data_note")), note)
                 continue
-            rows[(method, imbalance)], row_note = run_seeds(
-                method, imbalance, seeds, budget, overrides, os.path.join(workdir, f"{method}_if{imbalance}"), method,
-                async_phase1_from)
+            found, row_note = run_seeds(method, imbalance, seeds, budget, overrides, row_dir, method,
+                                        async_phase1_from, skip_running)
+            if found:
+                rows[(method, imbalance)] = found
+            done = {r["seed"] for r in found}  # The others were left to another worker (skip_running).
+            missing += [f"{row_dir}_seed{seed}" for seed in range(seeds) if seed not in done]
             note = row_note or note
-            reused += [f"{method} IF {imbalance} seed {seed} from {r['phase1_from']}"
-                       for seed, r in enumerate(rows[(method, imbalance)]) if r.get("phase1_from")]
+            reused += [f"{method} IF {imbalance} seed {r['seed']} from {r['phase1_from']}"
+                       for r in found if r.get("phase1_from")]
     note = f"Measured on: {note}." if note else ""
     if reused:
         note += (" Phase I not trained in this table (phase1_from; the wall time counts the source's phase I): "
@@ -300,7 +308,7 @@ def main(argv, overrides=()):
     else:
         table = reproduce(FLAGS.workdir, FLAGS.budget, FLAGS.seeds, FLAGS.methods,
                           [int(i) for i in FLAGS.imbalance], list(overrides), FLAGS.async_phase1_from,
-                          FLAGS.report_only)
+                          FLAGS.report_only, FLAGS.skip_running)
     print(table)
 
 

@@ -57,7 +57,7 @@ def test_one_run_per_workdir_and_a_killed_run_leaves_no_stale_lock(tmp_path, tin
     import subprocess
     import sys
 
-    from asyncjax import setup
+    from asyncjax import checks, setup
     workdir = tmp_path / "wd"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom asyncjax import checks\nlock = checks.lock_workdir(sys.argv[1])\n"
@@ -65,7 +65,8 @@ def test_one_run_per_workdir_and_a_killed_run_leaves_no_stale_lock(tmp_path, tin
         cwd=helpers.REPO, env=helpers.cli_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=rf"workdir {re.escape(str(workdir))} is in use by pid {holder.pid} on "
+        # WorkdirBusy is a ValueError (the CLI's exit 2) that reproduce --skip_running can tell apart.
+        with pytest.raises(checks.WorkdirBusy, match=rf"workdir {re.escape(str(workdir))} is in use by pid {holder.pid} on "
                                              r"host \S+ since .*: one run per workdir"):
             setup.build(helpers.tiny_config(tiny_cifar), str(workdir))
         assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]  # No config.json, no logs.

@@ -10,7 +10,7 @@ from tests import helpers
 
 SCRIPTS = ["launch/local.sh", "launch/slurm_gpu.sh", "launch/tpu_pod.sh", ".ci/run", "benchmarks/gpu_check.sh",
            "benchmarks/suite_time.sh",
-           "launch/carry.sh"]
+           "launch/carry.sh", "launch/evidence_queue.sh"]
 
 
 def run(*args):
@@ -83,3 +83,89 @@ def test_tpu_pod_refuses_a_bucket_that_is_not_a_name_and_quotes_the_one_it_takes
     assert re.fullmatch(r"/tmp/asyncjax-\w{10}\.tar\.gz", tarball), tarball
     assert not os.path.exists(tarball)  # Removed on exit.
     assert "sudo gcsfuse --implicit-dirs -o allow_other my.bucket_1 /mnt/my.bucket_1" in calls
+
+
+def queue_checkout(tmp_path):
+    """A stand-in checkout for launch/evidence_queue.sh: its scripts, CIFAR's train.bin, carried
+    archives and committed results of the paper-budget runs (the script works on its own checkout)."""
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    for script in ("launch/evidence_queue.sh", "launch/carry.sh"):
+        shutil.copy2(helpers.REPO / script, repo / script)
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "train.bin").write_bytes(b"")
+    (repo / "carry").mkdir()
+    for name in ("plain_if100_seed1", "cross_entropy_if100_seed0", "phase2_full_budget_p2seed0"):
+        (repo / "carry" / f"{name}.tar.gz").write_bytes(b"")
+    for name in ("plain_if100_seed0", "cross_entropy_if100_seed0"):
+        (repo / "results" / "paper_budget" / name).mkdir(parents=True)
+        for file in ("results.json", "config.json"):
+            (repo / "results" / "paper_budget" / name / file).write_text("{}")
+    return repo
+
+
+def queue(repo, *args, **env):
+    return subprocess.run([str(repo / "launch/evidence_queue.sh"), *args], cwd=repo, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_evidence_queue_start_restores_what_the_machine_lacks_and_pins_a_worker_per_core(tmp_path):
+    repo = queue_checkout(tmp_path)
+    cifar = str(tmp_path / "cifar")
+    result = queue(repo, "start", "--dry-run", "--workers=2", CIFAR100_DIR=cifar)
+    assert result.returncode == 0, result.stderr
+    lines, root = result.stdout.splitlines(), f"{repo}/runs/paper_budget"
+    # Every carried run of the table is restored (not the phase-II study's archive); a finished
+    # run that has no archive gets its committed files, so that its seed is reported.
+    assert lines[:4] == [
+        f"launch/carry.sh restore carry/cross_entropy_if100_seed0.tar.gz {root}/cross_entropy_if100_seed0",
+        f"launch/carry.sh restore carry/plain_if100_seed1.tar.gz {root}/plain_if100_seed1",
+        f"mkdir -p {root}/plain_if100_seed0",
+        f"cp results/paper_budget/plain_if100_seed0/results.json results/paper_budget/plain_if100_seed0/config.json "
+        f"{root}/plain_if100_seed0/"]
+    workers = [line for line in lines if line.startswith("worker ")]
+    assert len(workers) == 2 and lines[-1].startswith("watchdog: ")
+    if shutil.which("taskset"):
+        assert workers[1] == (f"worker 1: taskset -c 1 nice -n 15 {repo}/launch/evidence_queue.sh worker 1 >> "
+                              "runs/queue_worker1.log")
+    assert queue(repo, "start", "--dry-run", "--workers=0", CIFAR100_DIR=cifar).returncode == 2
+    missing = queue(repo, "start", "--dry-run", CIFAR100_DIR=str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no CIFAR-100 at" in missing.stderr
+
+
+def test_evidence_queue_worker_goes_through_the_queue_and_stops_at_an_interruption(tmp_path):
+    """A worker runs reproduce --skip_running for each entry in order, and stops at the first one
+    that exits non-zero (3: interrupted), passing its exit code on."""
+    repo = queue_checkout(tmp_path)
+    calls = tmp_path / "calls"
+    stub = tmp_path / "python"  # Records its arguments; exits 3 on the call numbered $FAIL_AT.
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    f'[ "$(wc -l < {calls})" -eq "${{FAIL_AT:-0}}" ] && exit 3\nexit 0\n')
+    stub.chmod(0o755)
+    done = queue(repo, "worker", "0", PYTHON=str(stub), CIFAR100_DIR="/data/cifar")
+    assert done.returncode == 0 and "the queue is done" in done.stdout, done.stdout + done.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split("--methods=")[1].split()[0] for line in lines] == [
+        "ldam_drw", "plain", "async", "cross_entropy_ldam_recipe", "focal", "balanced_softmax", "plain,async"]
+    assert lines[1] == (f"-m asyncjax.reproduce --budget=full --workdir={repo}/runs/paper_budget --methods=plain "
+                        "--seeds=3 --imbalance=100 --skip_running --config.data.cifar100_dir=/data/cifar")
+    assert lines[-1].endswith("--seeds=1 --imbalance=50,200 --skip_running --config.data.cifar100_dir=/data/cifar")
+    calls.unlink()
+    stopped = queue(repo, "worker", "0", PYTHON=str(stub), FAIL_AT="2")
+    assert stopped.returncode == 3 and "worker 0 stops: exit 3" in stopped.stdout
+    assert len(calls.read_text().splitlines()) == 2
+
+
+def test_evidence_queue_stop_carries_every_unfinished_run(tmp_path):
+    repo = queue_checkout(tmp_path)
+    root = repo / "runs" / "paper_budget"
+    for name, finished in (("async_if100_seed1", False), ("plain_if100_seed0", True)):
+        (root / name / "checkpoints" / "joint" / "12").mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+        if finished:
+            (root / name / "results.json").write_text("{}")
+    result = queue(repo, "stop")
+    assert result.returncode == 0, result.stderr
+    assert "carried: async_if100_seed1 " in result.stdout
+    assert (repo / "carry" / "async_if100_seed1.tar.gz").stat().st_size > 0
+    assert not (repo / "carry" / "plain_if100_seed0.tar.gz").exists()

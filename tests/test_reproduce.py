@@ -257,6 +257,31 @@ def test_table_async_rows_reuse_a_studys_phase1_where_one_exists(tmp_path, monke
     assert f"async IF 100 seed 0 from {tmp_path / 'study' / 'base_seed0'}" in text and "seed 2 from" not in text
 
 
+def test_skip_running_leaves_a_seed_being_trained_elsewhere_to_its_process(tmp_path, monkeypatch):
+    """Two workers of one queue: a seed whose workdir lock another run holds is skipped (named as
+    not finished) with --skip_running and the next seed taken; without it the command stops there."""
+    from asyncjax import checks, reproduce, train
+
+    ran = []
+
+    def fake_run(config, workdir):  # The trainer's own lock (setup.build), then a result.
+        checks.lock_workdir(workdir).close()
+        ran.append(workdir.rsplit("/", 1)[-1])
+        return {"overall": 40.0 + config.seed, "many": 1.0, "medium": 1.0, "few": 1.0, "wall_time_s": {"joint": 60.0}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    other_worker = checks.lock_workdir(str(tmp_path / "plain_if100_seed1"))
+    try:
+        text = reproduce.reproduce(str(tmp_path), "full", 3, ["plain"], [100], [], skip_running=True)
+        assert ran == ["plain_if100_seed0", "plain_if100_seed2"]
+        assert "| plain | 100 | 2 | 41.00 ± 1.41 |" in text
+        assert f"Not finished (no results.json; not in the table): {tmp_path / 'plain_if100_seed1'}." in text
+        with pytest.raises(checks.WorkdirBusy, match="is in use by pid"):
+            reproduce.reproduce(str(tmp_path), "full", 3, ["plain"], [100], [])
+    finally:
+        other_worker.close()
+
+
 def test_table_decoupling_rows_take_the_cross_entropy_rows_joint_phase(tmp_path, monkeypatch):
     """The decoupling family and logit adjustment in the table: the cross_entropy row runs first
     (added where it was not asked for), and each of their seeds takes that seed's joint phase

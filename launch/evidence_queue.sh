@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The evidence queue (issue 30) on this machine: the paper-budget table's unfinished runs, trained
+# by one worker per core, each worker pinned to its core and training one 1-device run at a time
+# (benchmarks/two_at_once.py: as fast in total as one 2-device run, without its all-reduce hangs).
+#
+#   launch/evidence_queue.sh start [--dry-run] [--workers=N]  # restore what runs/ lacks, start the workers
+#   launch/evidence_queue.sh stop     # SIGTERM (each run checkpoints), then carry every unfinished run
+#   launch/evidence_queue.sh status   # the workers, and the last line of each unfinished run's log
+#
+# Every worker goes through QUEUE below in order, one `python -m asyncjax.reproduce --budget=full
+# --skip_running` per entry: it reports a finished seed, resumes an unfinished one, and leaves a
+# seed that another worker is training to that worker (its workdir's lock), so the workers share the
+# seeds without a plan. Runs live in runs/paper_budget/, each worker's output in
+# runs/queue_worker<N>.log. A worker stops at the first entry that fails or is interrupted (exit 3
+# after SIGTERM, with a checkpoint); `start` again resumes where it stopped. A watchdog carries the
+# unfinished runs every 30 minutes (launch/carry.sh, into carry/), so a machine that goes away
+# loses at most that. On a new machine `start` first restores carry/<run>.tar.gz for every run that
+# runs/paper_budget/ lacks, and copies the results.json and config.json of results/paper_budget/
+# for the finished runs whose checkpoints did not travel, so that their seeds are reported.
+# Environment: CIFAR100_DIR (default ../shared/data/cifar-100-binary), PYTHON (default
+# .venv/bin/python where it exists, else python3), NICE (default 15).
+set -euo pipefail
+
+# method(s) seeds imbalance(s): the issue's rows in its order; the recipe check after row 3.
+QUEUE=(
+  "ldam_drw 1 100"
+  "plain 3 100"
+  "async 3 100"
+  "cross_entropy_ldam_recipe 1 100"
+  "focal 1 100"
+  "balanced_softmax 1 100"
+  "plain,async 1 50,200"
+)
+usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; }
+die() { echo "launch/evidence_queue.sh: $*" >&2; exit 2; }
+
+cd "$(dirname "$0")/.."
+# Absolute paths, so that the process patterns below match this checkout's queue and no other.
+self=$PWD/launch/evidence_queue.sh
+root=$PWD/runs/paper_budget
+python=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
+cifar=${CIFAR100_DIR:-../shared/data/cifar-100-binary}
+nice_level=${NICE:-15}
+pattern="asyncjax.reproduce --budget=full --workdir=$root"
+
+# Workdirs of runs that have checkpoints but no results.json.
+unfinished() {
+  local dir
+  for dir in "$root"/*_if*_seed*/; do
+    [[ -d "${dir}checkpoints" && ! -f "${dir}results.json" ]] && basename "$dir"
+  done
+  return 0
+}
+
+carry_all() {
+  local name
+  for name in $(unfinished); do launch/carry.sh save "$root/$name" "carry/$name.tar.gz"; done
+}
+
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  start)
+    shift
+    dry_run=0
+    workers=$(nproc)
+    while [[ $# -gt 0 ]]; do
+      case "$1" in
+        --dry-run) dry_run=1; shift ;;
+        --workers=*) workers=${1#*=}; shift ;;
+        *) die "unknown option $1" ;;
+      esac
+    done
+    [[ "$workers" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got $workers"
+    [[ -f "$cifar/train.bin" ]] || die "no CIFAR-100 at $cifar (set CIFAR100_DIR)"
+    if [[ $dry_run -eq 0 ]] && pgrep -f "$pattern" >/dev/null; then
+      die "the queue is already running (launch/evidence_queue.sh status); stop it first"
+    fi
+    run() { if [[ $dry_run -eq 1 ]]; then echo "$*"; else "$@"; fi; }
+    [[ $dry_run -eq 1 ]] || mkdir -p "$root"
+    for archive in carry/*_if*_seed*.tar.gz; do
+      [[ -f "$archive" ]] || continue
+      name=$(basename "$archive" .tar.gz)
+      [[ -e "$root/$name" ]] || run launch/carry.sh restore "$archive" "$root/$name"
+    done
+    for result in results/paper_budget/*_if*_seed*/results.json; do
+      [[ -f "$result" ]] || continue
+      name=$(basename "$(dirname "$result")")
+      if [[ ! -e "$root/$name" && ! -f "carry/$name.tar.gz" ]]; then
+        run mkdir -p "$root/$name"
+        run cp "$(dirname "$result")/results.json" "$(dirname "$result")/config.json" "$root/$name/"
+      fi
+    done
+    # One core each where taskset can pin (Linux), else the scheduler's choice.
+    pin=$(command -v taskset >/dev/null && [[ $(nproc) -ge $workers ]] && echo 1 || echo 0)
+    for ((worker = 0; worker < workers; worker++)); do
+      prefix=()
+      [[ $pin -eq 1 ]] && prefix=(taskset -c "$worker")
+      if [[ $dry_run -eq 1 ]]; then
+        echo "worker $worker: ${prefix[*]} nice -n $nice_level $self worker $worker >> runs/queue_worker$worker.log"
+      else
+        JAX_PLATFORMS=cpu PYTHON=$python CIFAR100_DIR=$cifar nohup "${prefix[@]}" nice -n "$nice_level" \
+          "$self" worker "$worker" >> "runs/queue_worker$worker.log" 2>&1 &
+      fi
+    done
+    if [[ $dry_run -eq 1 ]]; then
+      echo "watchdog: $self watchdog >> runs/queue_watchdog.log"
+    else
+      nohup "$self" watchdog >> runs/queue_watchdog.log 2>&1 &
+      echo "started $workers worker(s) (runs/queue_worker*.log) and the carry watchdog; stop with $self stop"
+    fi
+    ;;
+  worker)  # Internal: one worker's pass through QUEUE.
+    for entry in "${QUEUE[@]}"; do
+      read -r methods seeds imbalance <<< "$entry"
+      command=("$python" -m asyncjax.reproduce --budget=full "--workdir=$root" "--methods=$methods"
+               "--seeds=$seeds" "--imbalance=$imbalance" --skip_running "--config.data.cifar100_dir=$cifar")
+      echo "[$(date -u '+%F %T')] worker $2: ${command[*]}"
+      status=0
+      "${command[@]}" || status=$?
+      if [[ $status -ne 0 ]]; then
+        echo "[$(date -u '+%F %T')] worker $2 stops: exit $status (3: interrupted, resumable)"
+        exit "$status"
+      fi
+    done
+    echo "[$(date -u '+%F %T')] worker $2: the queue is done"
+    ;;
+  watchdog)  # Internal: carry the unfinished runs every 30 minutes while a worker lives.
+    while sleep 1800; do
+      pgrep -f "$self worker" >/dev/null || exit 0
+      carry_all
+    done
+    ;;
+  stop)
+    # The workers' loops first (so none starts its next entry), then their runs.
+    pkill -f "$self watchdog" || true
+    pkill -TERM -f "$self worker" || true
+    pkill -TERM -f "$pattern" || true
+    for _ in $(seq 120); do pgrep -f "$pattern" >/dev/null || break; sleep 1; done
+    pgrep -f "$pattern" >/dev/null && die "workers still running after 120 s; carry nothing while they write"
+    carry_all
+    echo "stopped; carried: $(unfinished | tr '\n' ' '). Commit carry/ so that the next machine resumes them."
+    ;;
+  status)
+    pgrep -af "$pattern" || echo "no worker running"
+    for name in $(unfinished); do
+      echo "$name: $(tail -n 1 "$root/$name/log.txt" 2>/dev/null)"
+    done
+    ;;
+  *) usage >&2; exit 2 ;;
+esac
