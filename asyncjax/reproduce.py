@@ -202,8 +202,9 @@ def write_table(rows: dict, budget: str, seeds: int, path: str, note: str) -> st
                      f"{mean_std([r['many'] for r in results])} | {mean_std([r['medium'] for r in results])} | "
                      f"{mean_std([r['few'] for r in results])} | {published if published else '-'} | {source} | "
                      f"{gap} | {machines(results)} | {minutes:.1f} |")
-    if leads(rows):
-        lines += ["", "Leads (mean against mean; the larger row's seed std):", *leads(rows)]
+    lead_lines = leads(rows)
+    if lead_lines:
+        lines += ["", "Leads (mean against mean; the larger row's seed std):", *lead_lines]
     text = "\n".join(lines) + "\n"
     files.write_text(path, text)
     # The per-seed figures, for `python -m asyncjax.plot --workdir=DIR` (bars with std error bars).
