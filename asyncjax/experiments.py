@@ -15,18 +15,32 @@ import numpy as np
 from asyncjax import checks, config_utils, files, train
 
 EPOCHS = {"short": 8, "medium": 30, "full": 200}
-# Table rows that are a method with settings of their own: the field's cross-entropy row is plain
-# training with a linear classifier (plain's default head is the cosine one); its recipe check runs
-# the same on LDAM-DRW's recipe (batch 128, weight decay 2e-4), the code Table 3's CE figures come
-# from, so that a gap to them can be told apart from the recipe (issue 30).
-ROWS = {"cross_entropy": ("plain", ["--config.model.head=linear"]),
-        "cross_entropy_ldam_recipe": ("plain", ["--config.model.head=linear", *(
-            f"--config.phase1.{key}={value}" for key, value in config_utils.LDAM_DRW_CIFAR.items())])}
 # Methods that take their seed's cross-entropy joint phase (joint_from) instead of training one,
 # the row whose joint phase they take, and the grid their tau (tau-norm, logit adjustment) is
 # chosen from on the validation split.
 REUSE_JOINT = ("logit_adjustment", "crt", "lws", "tau_norm", "ncm")
 SHARED_JOINT = "cross_entropy"
+# The recipes the cross-entropy row and its post-hoc family train on, by the suffix of the row's
+# name: this project's (the paper's for async), and LDAM-DRW's (batch 128, weight decay 2e-4), the
+# code Table 3's CE figures come from, so that a gap to them can be told apart from the recipe
+# (issue 30): `logit_adjustment_ldam_recipe` takes the joint phase of `cross_entropy_ldam_recipe`.
+RECIPES = {"": [], "_ldam_recipe": [f"--config.phase1.{key}={value}" for key, value in config_utils.LDAM_DRW_CIFAR.items()]}
+# Table rows that are a method with settings of their own: the field's cross-entropy row is plain
+# training with a linear classifier (plain's default head is the cosine one); then the rows above
+# on the other recipes.
+ROWS = {f"{SHARED_JOINT}{suffix}": ("plain", ["--config.model.head=linear", *overrides])
+        for suffix, overrides in RECIPES.items()}
+ROWS.update({f"{method}{suffix}": (method, overrides)
+             for suffix, overrides in RECIPES.items() if suffix for method in REUSE_JOINT})
+
+
+def joint_row(row: str) -> str | None:
+    """The cross-entropy row whose joint phase `row` takes (on the same recipe), or None where the
+    row trains its own."""
+    method = ROWS.get(row, (row, []))[0]
+    return SHARED_JOINT + row[len(method):] if method in REUSE_JOINT else None
+
+
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
@@ -87,10 +101,14 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
         if method == "async" and source and (
                 os.path.isdir(source) or trained_from(directory) == os.path.abspath(source)):
             config.phase1_from = os.path.abspath(source)
-        if method in REUSE_JOINT:  # The seed's cross-entropy joint phase (the cross_entropy row's), tau on validation.
+        if joint_row(method):  # The seed's cross-entropy joint phase (that row's), tau on validation.
             config.joint_from = os.path.abspath(os.path.join(os.path.dirname(row_dir),
-                                                             f"{SHARED_JOINT}_if{imbalance}_seed{seed}"))
+                                                             f"{joint_row(method)}_if{imbalance}_seed{seed}"))
             config.decoupling.tau_grid = config.loss.logit_adjustment_grid = TAU_GRID
+            if skip_running and not os.path.exists(os.path.join(config.joint_from, "results.json")):
+                print(f"=== {title}, IF {imbalance}, seed {seed}: waits for {config.joint_from}, which another "
+                      "process is training", flush=True)
+                continue
         print(f"=== {title}, IF {imbalance}, seed {seed}: {directory}", flush=True)
         try:
             results.append({**train.run(config, directory), "seed": seed})

@@ -21,12 +21,13 @@
 # .venv/bin/python where it exists, else python3), NICE (default 15).
 set -euo pipefail
 
-# method(s) seeds imbalance(s): the issue's rows in its order; the recipe check after row 3.
+# method(s) seeds imbalance(s): the issue's rows in its order; after row 3 the check of row 1's gap,
+# the cross-entropy row and its post-hoc family on LDAM-DRW's recipe (experiments.RECIPES).
 QUEUE=(
   "ldam_drw 1 100"
   "plain 3 100"
   "async 3 100"
-  "cross_entropy_ldam_recipe 1 100"
+  "cross_entropy_ldam_recipe,logit_adjustment_ldam_recipe,crt_ldam_recipe,lws_ldam_recipe,tau_norm_ldam_recipe,ncm_ldam_recipe 1 100"
   "focal 1 100"
   "balanced_softmax 1 100"
   "plain,async 1 50,200"

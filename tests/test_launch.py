@@ -146,7 +146,8 @@ def test_evidence_queue_worker_goes_through_the_queue_and_stops_at_an_interrupti
     assert done.returncode == 0 and "the queue is done" in done.stdout, done.stdout + done.stderr
     lines = calls.read_text().splitlines()
     assert [line.split("--methods=")[1].split()[0] for line in lines] == [
-        "ldam_drw", "plain", "async", "cross_entropy_ldam_recipe", "focal", "balanced_softmax", "plain,async"]
+        "ldam_drw", "plain", "async", "cross_entropy_ldam_recipe,logit_adjustment_ldam_recipe,crt_ldam_recipe,"
+        "lws_ldam_recipe,tau_norm_ldam_recipe,ncm_ldam_recipe", "focal", "balanced_softmax", "plain,async"]
     assert lines[1] == (f"-m asyncjax.reproduce --budget=full --workdir={repo}/runs/paper_budget --methods=plain "
                         "--seeds=3 --imbalance=100 --skip_running --config.data.cifar100_dir=/data/cifar")
     assert lines[-1].endswith("--seeds=1 --imbalance=50,200 --skip_running --config.data.cifar100_dir=/data/cifar")

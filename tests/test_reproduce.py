@@ -280,6 +280,15 @@ def test_skip_running_leaves_a_seed_being_trained_elsewhere_to_its_process(tmp_p
             reproduce.reproduce(str(tmp_path), "full", 3, ["plain"], [100], [])
     finally:
         other_worker.close()
+    # A post-hoc row's seed waits while its cross-entropy joint phase is trained elsewhere.
+    ran.clear()
+    other_worker = checks.lock_workdir(str(tmp_path / "cross_entropy_if100_seed0"))
+    try:
+        text = reproduce.reproduce(str(tmp_path), "full", 1, ["crt"], [100], [], skip_running=True)
+        assert ran == [] and f"Not finished (no results.json; not in the table): {tmp_path / 'cross_entropy_if100_seed0'}, " \
+            f"{tmp_path / 'crt_if100_seed0'}." in text
+    finally:
+        other_worker.close()
 
 
 def test_table_decoupling_rows_take_the_cross_entropy_rows_joint_phase(tmp_path, monkeypatch):
@@ -377,3 +386,26 @@ def test_the_cross_entropy_recipe_check_differs_from_the_cross_entropy_row_in_ba
         "batch_size": 128, "base_batch_size": 128, "weight_decay": 2e-4}
     assert {k: v for k, v in check.items() if k != "phase1" and ours[k] != v} == {}
     assert reproduce.PUBLISHED["cross_entropy_ldam_recipe"] == reproduce.PUBLISHED["cross_entropy"]
+
+
+def test_the_post_hoc_family_on_ldam_drws_recipe_takes_that_recipes_cross_entropy_joint_phase(tmp_path, monkeypatch):
+    from asyncjax import experiments, reproduce, train
+
+    runs = {}
+
+    def fake_run(config, workdir):
+        runs[workdir.rsplit("/", 1)[-1]] = config
+        return {"overall": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0, "wall_time_s": {"joint": 60.0}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    text = reproduce.reproduce(str(tmp_path), "full", 1, ["logit_adjustment_ldam_recipe", "crt"], [100], [])
+    # Each family row after its recipe's cross-entropy row, which runs first, and on its recipe.
+    assert list(runs) == ["cross_entropy_ldam_recipe_if100_seed0", "cross_entropy_if100_seed0",
+                          "logit_adjustment_ldam_recipe_if100_seed0", "crt_if100_seed0"]
+    la, crt = runs["logit_adjustment_ldam_recipe_if100_seed0"], runs["crt_if100_seed0"]
+    assert la.joint_from == str(tmp_path / "cross_entropy_ldam_recipe_if100_seed0")
+    assert crt.joint_from == str(tmp_path / "cross_entropy_if100_seed0")
+    assert (la.method, la.phase1.batch_size, la.phase1.weight_decay) == ("logit_adjustment", 128, 2e-4)
+    assert (crt.phase1.batch_size, crt.phase1.weight_decay) == (64, 5e-4)
+    assert experiments.joint_row("plain") is None and experiments.joint_row("ncm") == "cross_entropy"
+    assert "| logit_adjustment_ldam_recipe | 100 | 1 | 1.00 | 1.00 | 1.00 | 1.00 | 43.9 |" in text
