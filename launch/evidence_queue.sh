@@ -58,94 +58,99 @@ carry_all() {
   for name in $(unfinished); do launch/carry.sh save "$root/$name" "carry/$name.tar.gz"; done
 }
 
-case "${1:-}" in
-  -h|--help) usage; exit 0 ;;
-  start)
-    shift
-    dry_run=0
-    workers=$(nproc)
-    while [[ $# -gt 0 ]]; do
-      case "$1" in
-        --dry-run) dry_run=1; shift ;;
-        --workers=*) workers=${1#*=}; shift ;;
-        *) die "unknown option $1" ;;
-      esac
-    done
-    [[ "$workers" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got $workers"
-    [[ -f "$cifar/train.bin" ]] || die "no CIFAR-100 at $cifar (set CIFAR100_DIR)"
-    if [[ $dry_run -eq 0 ]] && pgrep -f "$pattern" >/dev/null; then
-      die "the queue is already running (launch/evidence_queue.sh status); stop it first"
-    fi
-    run() { if [[ $dry_run -eq 1 ]]; then echo "$*"; else "$@"; fi; }
-    [[ $dry_run -eq 1 ]] || mkdir -p "$root"
-    for archive in carry/*_if*_seed*.tar.gz; do
-      [[ -f "$archive" ]] || continue
-      name=$(basename "$archive" .tar.gz)
-      [[ -e "$root/$name" ]] || run launch/carry.sh restore "$archive" "$root/$name"
-    done
-    for result in results/paper_budget/*_if*_seed*/results.json; do
-      [[ -f "$result" ]] || continue
-      name=$(basename "$(dirname "$result")")
-      if [[ ! -e "$root/$name" && ! -f "carry/$name.tar.gz" ]]; then
-        run mkdir -p "$root/$name"
-        run cp "$(dirname "$result")/results.json" "$(dirname "$result")/config.json" "$root/$name/"
+# The whole command in one function, read before it runs: the workers live for hours, and bash
+# reads a script as it goes, so an edit of this file would otherwise reach the running workers.
+main() {
+  case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    start)
+      shift
+      dry_run=0
+      workers=$(nproc)
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --dry-run) dry_run=1; shift ;;
+          --workers=*) workers=${1#*=}; shift ;;
+          *) die "unknown option $1" ;;
+        esac
+      done
+      [[ "$workers" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got $workers"
+      [[ -f "$cifar/train.bin" ]] || die "no CIFAR-100 at $cifar (set CIFAR100_DIR)"
+      if [[ $dry_run -eq 0 ]] && pgrep -f "$pattern" >/dev/null; then
+        die "the queue is already running (launch/evidence_queue.sh status); stop it first"
       fi
-    done
-    # One core each where taskset can pin (Linux), else the scheduler's choice.
-    pin=$(command -v taskset >/dev/null && [[ $(nproc) -ge $workers ]] && echo 1 || echo 0)
-    for ((worker = 0; worker < workers; worker++)); do
-      prefix=()
-      [[ $pin -eq 1 ]] && prefix=(taskset -c "$worker")
+      run() { if [[ $dry_run -eq 1 ]]; then echo "$*"; else "$@"; fi; }
+      [[ $dry_run -eq 1 ]] || mkdir -p "$root"
+      for archive in carry/*_if*_seed*.tar.gz; do
+        [[ -f "$archive" ]] || continue
+        name=$(basename "$archive" .tar.gz)
+        [[ -e "$root/$name" ]] || run launch/carry.sh restore "$archive" "$root/$name"
+      done
+      for result in results/paper_budget/*_if*_seed*/results.json; do
+        [[ -f "$result" ]] || continue
+        name=$(basename "$(dirname "$result")")
+        if [[ ! -e "$root/$name" && ! -f "carry/$name.tar.gz" ]]; then
+          run mkdir -p "$root/$name"
+          run cp "$(dirname "$result")/results.json" "$(dirname "$result")/config.json" "$root/$name/"
+        fi
+      done
+      # One core each where taskset can pin (Linux), else the scheduler's choice.
+      pin=$(command -v taskset >/dev/null && [[ $(nproc) -ge $workers ]] && echo 1 || echo 0)
+      for ((worker = 0; worker < workers; worker++)); do
+        prefix=()
+        [[ $pin -eq 1 ]] && prefix=(taskset -c "$worker")
+        if [[ $dry_run -eq 1 ]]; then
+          echo "worker $worker: ${prefix[*]} nice -n $nice_level $self worker $worker >> runs/queue_worker$worker.log"
+        else
+          JAX_PLATFORMS=cpu PYTHON=$python CIFAR100_DIR=$cifar nohup "${prefix[@]}" nice -n "$nice_level" \
+            "$self" worker "$worker" >> "runs/queue_worker$worker.log" 2>&1 &
+        fi
+      done
       if [[ $dry_run -eq 1 ]]; then
-        echo "worker $worker: ${prefix[*]} nice -n $nice_level $self worker $worker >> runs/queue_worker$worker.log"
+        echo "watchdog: $self watchdog >> runs/queue_watchdog.log"
       else
-        JAX_PLATFORMS=cpu PYTHON=$python CIFAR100_DIR=$cifar nohup "${prefix[@]}" nice -n "$nice_level" \
-          "$self" worker "$worker" >> "runs/queue_worker$worker.log" 2>&1 &
+        nohup "$self" watchdog >> runs/queue_watchdog.log 2>&1 &
+        echo "started $workers worker(s) (runs/queue_worker*.log) and the carry watchdog; stop with $self stop"
       fi
-    done
-    if [[ $dry_run -eq 1 ]]; then
-      echo "watchdog: $self watchdog >> runs/queue_watchdog.log"
-    else
-      nohup "$self" watchdog >> runs/queue_watchdog.log 2>&1 &
-      echo "started $workers worker(s) (runs/queue_worker*.log) and the carry watchdog; stop with $self stop"
-    fi
-    ;;
-  worker)  # Internal: one worker's pass through QUEUE.
-    for entry in "${QUEUE[@]}"; do
-      read -r methods seeds imbalance <<< "$entry"
-      command=("$python" -m asyncjax.reproduce --budget=full "--workdir=$root" "--methods=$methods"
-               "--seeds=$seeds" "--imbalance=$imbalance" --skip_running "--config.data.cifar100_dir=$cifar")
-      echo "[$(date -u '+%F %T')] worker $2: ${command[*]}"
-      status=0
-      "${command[@]}" || status=$?
-      if [[ $status -ne 0 ]]; then
-        echo "[$(date -u '+%F %T')] worker $2 stops: exit $status (3: interrupted, resumable)"
-        exit "$status"
-      fi
-    done
-    echo "[$(date -u '+%F %T')] worker $2: the queue is done"
-    ;;
-  watchdog)  # Internal: carry the unfinished runs every 30 minutes while a worker lives.
-    while sleep 1800; do
-      pgrep -f "$self worker" >/dev/null || exit 0
+      ;;
+    worker)  # Internal: one worker's pass through QUEUE.
+      for entry in "${QUEUE[@]}"; do
+        read -r methods seeds imbalance <<< "$entry"
+        command=("$python" -m asyncjax.reproduce --budget=full "--workdir=$root" "--methods=$methods"
+                 "--seeds=$seeds" "--imbalance=$imbalance" --skip_running "--config.data.cifar100_dir=$cifar")
+        echo "[$(date -u '+%F %T')] worker $2: ${command[*]}"
+        status=0
+        "${command[@]}" || status=$?
+        if [[ $status -ne 0 ]]; then
+          echo "[$(date -u '+%F %T')] worker $2 stops: exit $status (3: interrupted, resumable)"
+          exit "$status"
+        fi
+      done
+      echo "[$(date -u '+%F %T')] worker $2: the queue is done"
+      ;;
+    watchdog)  # Internal: carry the unfinished runs every 30 minutes while a worker lives.
+      while sleep 1800; do
+        pgrep -f "$self worker" >/dev/null || exit 0
+        carry_all
+      done
+      ;;
+    stop)
+      # The workers' loops first (so none starts its next entry), then their runs.
+      pkill -f "$self watchdog" || true
+      pkill -TERM -f "$self worker" || true
+      pkill -TERM -f "$pattern" || true
+      for _ in $(seq 120); do pgrep -f "$pattern" >/dev/null || break; sleep 1; done
+      pgrep -f "$pattern" >/dev/null && die "workers still running after 120 s; carry nothing while they write"
       carry_all
-    done
-    ;;
-  stop)
-    # The workers' loops first (so none starts its next entry), then their runs.
-    pkill -f "$self watchdog" || true
-    pkill -TERM -f "$self worker" || true
-    pkill -TERM -f "$pattern" || true
-    for _ in $(seq 120); do pgrep -f "$pattern" >/dev/null || break; sleep 1; done
-    pgrep -f "$pattern" >/dev/null && die "workers still running after 120 s; carry nothing while they write"
-    carry_all
-    echo "stopped; carried: $(unfinished | tr '\n' ' '). Commit carry/ so that the next machine resumes them."
-    ;;
-  status)
-    pgrep -af "$pattern" || echo "no worker running"
-    for name in $(unfinished); do
-      echo "$name: $(tail -n 1 "$root/$name/log.txt" 2>/dev/null)"
-    done
-    ;;
-  *) usage >&2; exit 2 ;;
-esac
+      echo "stopped; carried: $(unfinished | tr '\n' ' '). Commit carry/ so that the next machine resumes them."
+      ;;
+    status)
+      pgrep -af "$pattern" || echo "no worker running"
+      for name in $(unfinished); do
+        echo "$name: $(tail -n 1 "$root/$name/log.txt" 2>/dev/null)"
+      done
+      ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+main "$@"; exit
