@@ -90,7 +90,7 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
     An async seed whose `async_phase1_from` directory ({seed} replaced) exists starts phase II from
     that directory's phase I; the trainer refuses it unless it was trained with this row's phase-I
     settings. The decoupling family and logit_adjustment take the joint phase of the same seed's
-    cross_entropy row beside `row_dir` (joint_from; it must have run first) and choose tau on
+    cross_entropy row (on their recipe: joint_row) beside `row_dir` (joint_from; it must have run first) and choose tau on
     validation."""
     results = []
     for seed in range(seeds):
@@ -101,9 +101,9 @@ def run_seeds(method: str, imbalance: int, seeds: int, budget: str, overrides, r
         if method == "async" and source and (
                 os.path.isdir(source) or trained_from(directory) == os.path.abspath(source)):
             config.phase1_from = os.path.abspath(source)
-        if joint_row(method):  # The seed's cross-entropy joint phase (that row's), tau on validation.
-            config.joint_from = os.path.abspath(os.path.join(os.path.dirname(row_dir),
-                                                             f"{joint_row(method)}_if{imbalance}_seed{seed}"))
+        joint = joint_row(method)
+        if joint:  # The seed's cross-entropy joint phase (that row's), tau on validation.
+            config.joint_from = os.path.abspath(os.path.join(os.path.dirname(row_dir), f"{joint}_if{imbalance}_seed{seed}"))
             config.decoupling.tau_grid = config.loss.logit_adjustment_grid = TAU_GRID
             if skip_running and not os.path.exists(os.path.join(config.joint_from, "results.json")):
                 print(f"=== {title}, IF {imbalance}, seed {seed}: waits for {config.joint_from}, which another "
