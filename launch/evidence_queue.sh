@@ -136,7 +136,12 @@ main() {
       ;;
     stop)
       # The workers' loops first (so none starts its next entry), then their runs.
-      pkill -f "$self watchdog" || true
+      # The watchdog and its `sleep 1800` (which would otherwise outlive it by up to 30 minutes).
+      for pid in $(pgrep -f "$self watchdog" || true); do
+        children=$(pgrep -P "$pid" || true)
+        kill "$pid" 2>/dev/null || true
+        for child in $children; do kill "$child" 2>/dev/null || true; done
+      done
       pkill -TERM -f "$self worker" || true
       pkill -TERM -f "$pattern" || true
       for _ in $(seq 120); do pgrep -f "$pattern" >/dev/null || break; sleep 1; done

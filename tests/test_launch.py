@@ -170,3 +170,29 @@ def test_evidence_queue_stop_carries_every_unfinished_run(tmp_path):
     assert "carried: async_if100_seed1 " in result.stdout
     assert (repo / "carry" / "async_if100_seed1.tar.gz").stat().st_size > 0
     assert not (repo / "carry" / "plain_if100_seed0.tar.gz").exists()
+
+
+def test_evidence_queue_stop_ends_the_watchdog_and_its_sleep(tmp_path):
+    """`stop` ends the carry watchdog together with the `sleep 1800` it waits in, which would
+    otherwise outlive it by up to 30 minutes."""
+    repo = queue_checkout(tmp_path)
+    watchdog = subprocess.Popen([str(repo / "launch/evidence_queue.sh"), "watchdog"], cwd=repo)
+    try:
+        sleeping = ""
+        for _ in range(100):  # Until the watchdog waits in its sleep.
+            sleeping = subprocess.run(["pgrep", "-P", str(watchdog.pid), "sleep"], capture_output=True,
+                                      text=True).stdout.split()
+            if sleeping:
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert sleeping, "the watchdog never reached its sleep"
+        assert queue(repo, "stop").returncode == 0
+        assert watchdog.wait(timeout=10) != 0
+        for _ in range(50):  # Killed: gone at once, or a zombie until init reaps it.
+            alive = subprocess.run(["ps", "-o", "stat=", "-p", sleeping[0]], capture_output=True, text=True).stdout
+            if not alive.strip() or alive.strip().startswith("Z"):
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert not alive.strip() or alive.strip().startswith("Z"), f"the watchdog's sleep outlived it: {alive}"
+    finally:
+        watchdog.kill()
