@@ -53,6 +53,12 @@ unfinished() {
   return 0
 }
 
+# Whether carry/NAME.tar.gz is a snapshot from before the run finished (no results.json in it) while
+# its results are committed: restoring it would train the run's tail again.
+stale() {
+  [[ -f "results/paper_budget/$1/results.json" ]] && ! tar -tzf "carry/$1.tar.gz" 2>/dev/null | grep -qx results.json
+}
+
 carry_all() {
   local name
   for name in $(unfinished); do launch/carry.sh save "$root/$name" "carry/$name.tar.gz"; done
@@ -84,12 +90,17 @@ main() {
       for archive in carry/*_if*_seed*.tar.gz; do
         [[ -f "$archive" ]] || continue
         name=$(basename "$archive" .tar.gz)
-        [[ -e "$root/$name" ]] || run launch/carry.sh restore "$archive" "$root/$name"
+        [[ -e "$root/$name" ]] && continue
+        if stale "$name"; then
+          echo "not restoring $archive: it predates its run's committed results (results/paper_budget/$name)" >&2
+          continue
+        fi
+        run launch/carry.sh restore "$archive" "$root/$name"
       done
       for result in results/paper_budget/*_if*_seed*/results.json; do
         [[ -f "$result" ]] || continue
         name=$(basename "$(dirname "$result")")
-        if [[ ! -e "$root/$name" && ! -f "carry/$name.tar.gz" ]]; then
+        if [[ ! -e "$root/$name" ]] && { [[ ! -f "carry/$name.tar.gz" ]] || stale "$name"; }; then
           run mkdir -p "$root/$name"
           run cp "$(dirname "$result")/results.json" "$(dirname "$result")/config.json" "$root/$name/"
         fi

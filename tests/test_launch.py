@@ -1,8 +1,10 @@
 """launch/ scripts: their --dry-run output, their argument checks, and shellcheck."""
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -95,9 +97,17 @@ def queue_checkout(tmp_path):
     (tmp_path / "cifar").mkdir()
     (tmp_path / "cifar" / "train.bin").write_bytes(b"")
     (repo / "carry").mkdir()
-    for name in ("plain_if100_seed1", "cross_entropy_if100_seed0", "phase2_full_budget_p2seed0"):
-        (repo / "carry" / f"{name}.tar.gz").write_bytes(b"")
-    for name in ("plain_if100_seed0", "cross_entropy_if100_seed0"):
+    # cross_entropy's archive was saved after it finished (it holds results.json); ldam_drw's is a
+    # snapshot from before it finished, whose results are committed since.
+    archived = {"plain_if100_seed1": ["config.json"], "cross_entropy_if100_seed0": ["config.json", "results.json"],
+                "ldam_drw_if100_seed0": ["config.json"], "phase2_full_budget_p2seed0": ["config.json"]}
+    for name, files in archived.items():
+        with tarfile.open(repo / "carry" / f"{name}.tar.gz", "w:gz") as archive:
+            for file in files:
+                info = tarfile.TarInfo(file)
+                info.size = 2
+                archive.addfile(info, io.BytesIO(b"{}"))
+    for name in ("plain_if100_seed0", "cross_entropy_if100_seed0", "ldam_drw_if100_seed0"):
         (repo / "results" / "paper_budget" / name).mkdir(parents=True)
         for file in ("results.json", "config.json"):
             (repo / "results" / "paper_budget" / name / file).write_text("{}")
@@ -117,12 +127,18 @@ def test_evidence_queue_start_restores_what_the_machine_lacks_and_pins_a_worker_
     lines, root = result.stdout.splitlines(), f"{repo}/runs/paper_budget"
     # Every carried run of the table is restored (not the phase-II study's archive); a finished
     # run that has no archive gets its committed files, so that its seed is reported.
-    assert lines[:4] == [
+    # An archive older than its run's committed results is not restored (the run's tail would be
+    # trained again); the results are copied instead.
+    assert lines[:6] == [
         f"launch/carry.sh restore carry/cross_entropy_if100_seed0.tar.gz {root}/cross_entropy_if100_seed0",
         f"launch/carry.sh restore carry/plain_if100_seed1.tar.gz {root}/plain_if100_seed1",
+        f"mkdir -p {root}/ldam_drw_if100_seed0",
+        f"cp results/paper_budget/ldam_drw_if100_seed0/results.json results/paper_budget/ldam_drw_if100_seed0/"
+        f"config.json {root}/ldam_drw_if100_seed0/",
         f"mkdir -p {root}/plain_if100_seed0",
         f"cp results/paper_budget/plain_if100_seed0/results.json results/paper_budget/plain_if100_seed0/config.json "
         f"{root}/plain_if100_seed0/"]
+    assert "not restoring carry/ldam_drw_if100_seed0.tar.gz: it predates" in result.stderr
     workers = [line for line in lines if line.startswith("worker ")]
     assert len(workers) == 2 and lines[-1].startswith("watchdog: ")
     if shutil.which("taskset"):
