@@ -56,7 +56,11 @@ unfinished() {
 # Whether carry/NAME.tar.gz is a snapshot from before the run finished (no results.json in it) while
 # its results are committed: restoring it would train the run's tail again.
 stale() {
-  [[ -f "results/paper_budget/$1/results.json" ]] && ! tar -tzf "carry/$1.tar.gz" 2>/dev/null | grep -qx results.json
+  local listing
+  [[ -f "results/paper_budget/$1/results.json" ]] || return 1
+  # The listing whole, not piped into grep -q: under pipefail tar's SIGPIPE would read as "absent".
+  listing=$(tar -tzf "carry/$1.tar.gz" 2>/dev/null) || true
+  ! grep -qx results.json <<< "$listing"
 }
 
 carry_all() {
