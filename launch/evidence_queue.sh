@@ -16,7 +16,8 @@
 # unfinished runs every 30 minutes (launch/carry.sh, into carry/), so a machine that goes away
 # loses at most that. On a new machine `start` first restores carry/<run>.tar.gz for every run that
 # runs/paper_budget/ lacks, and copies the results.json and config.json of results/paper_budget/
-# for the finished runs whose checkpoints did not travel, so that their seeds are reported.
+# for the finished runs whose checkpoints did not travel (or whose archive predates those results:
+# restoring it would train the run's tail again), so that their seeds are reported.
 # Environment: CIFAR100_DIR (default ../shared/data/cifar-100-binary), PYTHON (default
 # .venv/bin/python where it exists, else python3), NICE (default 15).
 set -euo pipefail
