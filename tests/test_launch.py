@@ -213,5 +213,7 @@ def test_evidence_queue_stop_ends_the_watchdog_and_its_sleep(tmp_path):
                 break
             subprocess.run(["sleep", "0.1"])
         assert not alive.strip() or alive.strip().startswith("Z"), f"the watchdog's sleep outlived it: {alive}"
-    finally:
+    finally:  # Whatever the outcome, no sleep of this test outlives it.
         watchdog.kill()
+        for pid in sleeping:
+            subprocess.run(["kill", pid], capture_output=True)
