@@ -64,6 +64,17 @@ stale() {
   ! grep -qx results.json <<< "$listing"
 }
 
+# The ids of the cores this process may run on, one a line (Linux's Cpus_allowed_list, e.g. 0-3,8);
+# nothing where the list is not there.
+allowed_cores() {
+  local list range ranges
+  list=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status 2>/dev/null) || return 0
+  IFS=, read -ra ranges <<< "$list"
+  for range in "${ranges[@]}"; do
+    if [[ "$range" == *-* ]]; then seq "${range%-*}" "${range#*-}"; else echo "$range"; fi
+  done
+}
+
 carry_all() {
   local name
   for name in $(unfinished); do launch/carry.sh save "$root/$name" "carry/$name.tar.gz"; done
@@ -110,11 +121,19 @@ main() {
           run cp "$(dirname "$result")/results.json" "$(dirname "$result")/config.json" "$root/$name/"
         fi
       done
-      # One core each where taskset can pin (Linux), else the scheduler's choice.
-      pin=$(command -v taskset >/dev/null && [[ $(nproc) -ge $workers ]] && echo 1 || echo 0)
+      # Each worker pinned to its share of the cores this process may use (one core each when there
+      # are as many workers as cores; both cores for a lone worker on two), where taskset can pin
+      # (Linux) and there are no more workers than cores; else the scheduler's choice. The ids come
+      # from the allowed list, not 0..n-1: a cpuset (Slurm, containers) may allow cores 4-5 only.
+      mapfile -t cores < <(allowed_cores)
+      share=0
+      command -v taskset >/dev/null && [[ ${#cores[@]} -ge $workers ]] && share=$(( ${#cores[@]} / workers ))
       for ((worker = 0; worker < workers; worker++)); do
         prefix=()
-        [[ $pin -eq 1 ]] && prefix=(taskset -c "$worker")
+        if [[ $share -gt 0 ]]; then
+          mine=("${cores[@]:worker * share:share}")
+          prefix=(taskset -c "$(IFS=,; echo "${mine[*]}")")
+        fi
         if [[ $dry_run -eq 1 ]]; then
           echo "worker $worker: ${prefix[*]} nice -n $nice_level $self worker $worker >> runs/queue_worker$worker.log"
         else

@@ -148,6 +148,30 @@ def test_evidence_queue_start_restores_what_the_machine_lacks_and_pins_a_worker_
         assert workers[1] == (f"worker 1: taskset -c 1 nice -n 15 {repo}/launch/evidence_queue.sh worker 1 >> "
                               "runs/queue_worker1.log")
     assert queue(repo, "start", "--dry-run", "--workers=0", CIFAR100_DIR=cifar).returncode == 2
+
+
+@pytest.mark.skipif(not shutil.which("taskset") or len(os.sched_getaffinity(0)) < 2, reason="needs taskset, 2 cores")
+def test_evidence_queue_pins_workers_to_the_cores_it_is_allowed(tmp_path):
+    """A lone worker gets every allowed core, not core 0 alone; in a cpuset that allows core 1 only
+    (as a Slurm allocation of cores 4-5 would), the worker is pinned to 1, not to 0 (which taskset
+    would refuse, killing the worker at its start)."""
+    repo = queue_checkout(tmp_path)
+    cifar = str(tmp_path / "cifar")
+    allowed = sorted(os.sched_getaffinity(0))
+
+    def worker_lines(*prefix):
+        result = subprocess.run([*prefix, str(repo / "launch/evidence_queue.sh"), "start", "--dry-run",
+                                 "--workers=1"], cwd=repo, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "CIFAR100_DIR": cifar})
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith("worker ")]
+
+    cores = ",".join(map(str, allowed))
+    assert worker_lines() == [f"worker 0: taskset -c {cores} nice -n 15 {repo}/launch/evidence_queue.sh worker 0 >> "
+                              "runs/queue_worker0.log"]
+    last = allowed[-1]
+    assert worker_lines("taskset", "-c", str(last)) == [
+        f"worker 0: taskset -c {last} nice -n 15 {repo}/launch/evidence_queue.sh worker 0 >> runs/queue_worker0.log"]
     missing = queue(repo, "start", "--dry-run", CIFAR100_DIR=str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no CIFAR-100 at" in missing.stderr
 
