@@ -154,8 +154,11 @@ PUBLISHED.update({name + suffix: PUBLISHED[name] for suffix in RECIPES if suffix
 
 
 def machines(results: list[dict]) -> str:
-    """The devices that trained a row's seeds (results.json `trained_on_s`), most seconds first."""
-    seconds = hardware.total_seconds(r.get("trained_on_s", {}) for r in results)
+    """The devices that trained a row's seeds (results.json `trained_on_s`), most seconds first; a
+    seed that finished before the devices were recorded (no `trained_on_s`) counts its wall time as
+    'not recorded', so that a row mixing old and new seeds names both."""
+    seconds = hardware.total_seconds(r.get("trained_on_s") or {"not recorded": sum(r["wall_time_s"].values())}
+                                     for r in results)
     names = sorted(seconds, key=seconds.get, reverse=True)
     return "; ".join(hardware.short_name(n) for n in names) if names else "not recorded"
 

@@ -348,6 +348,12 @@ def test_table_from_results_files_alone_merges_rows_and_names_the_missing(tmp_pa
             f"{tmp_path / 'async_if100_seed0'}, {tmp_path / 'async_if100_seed1'}.") in second
     assert (tmp_path / "cifar100_lt_full.md").read_text() == second
     assert "Leads" not in second  # No pair of LEADS is in the table yet.
+    # A row whose seed 0 finished before the devices were recorded and seed 1 after names both
+    # (seed 0's hour first: more seconds than seed 1's half hour).
+    finished("ldam_drw_if100_seed1", 44.0, trained_on_s={intel: 1800.0})
+    third = reproduce.reproduce(str(tmp_path), "full", 2, ["ldam_drw"], [100], [], report_only=True)
+    assert "| ldam_drw | 100 | 2 | 43.00 ± 1.41 |" in third
+    assert "| +0.96 | not recorded; Intel Xeon (family 6 model 167) | 60.0 |" in third
 
 
 def test_table_says_whether_a_lead_exceeds_two_seed_stds(tmp_path):
