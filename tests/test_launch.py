@@ -117,8 +117,8 @@ def queue_checkout(tmp_path):
     return repo
 
 
-def queue(repo, *args, **env):
-    return subprocess.run([str(repo / "launch/evidence_queue.sh"), *args], cwd=repo, capture_output=True,
+def queue(repo, *args, prefix=(), **env):
+    return subprocess.run([*prefix, str(repo / "launch/evidence_queue.sh"), *args], cwd=repo, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **env})
 
 
@@ -148,6 +148,8 @@ def test_evidence_queue_start_restores_what_the_machine_lacks_and_pins_a_worker_
         assert workers[1] == (f"worker 1: taskset -c 1 nice -n 15 {repo}/launch/evidence_queue.sh worker 1 >> "
                               "runs/queue_worker1.log")
     assert queue(repo, "start", "--dry-run", "--workers=0", CIFAR100_DIR=cifar).returncode == 2
+    missing = queue(repo, "start", "--dry-run", CIFAR100_DIR=str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no CIFAR-100 at" in missing.stderr
 
 
 @pytest.mark.skipif(not shutil.which("taskset") or len(os.sched_getaffinity(0)) < 2, reason="needs taskset, 2 cores")
@@ -160,9 +162,7 @@ def test_evidence_queue_pins_workers_to_the_cores_it_is_allowed(tmp_path):
     allowed = sorted(os.sched_getaffinity(0))
 
     def worker_lines(*prefix):
-        result = subprocess.run([*prefix, str(repo / "launch/evidence_queue.sh"), "start", "--dry-run",
-                                 "--workers=1"], cwd=repo, capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "CIFAR100_DIR": cifar})
+        result = queue(repo, "start", "--dry-run", "--workers=1", prefix=prefix, CIFAR100_DIR=cifar)
         assert result.returncode == 0, result.stderr
         return [line for line in result.stdout.splitlines() if line.startswith("worker ")]
 
@@ -172,8 +172,6 @@ def test_evidence_queue_pins_workers_to_the_cores_it_is_allowed(tmp_path):
     last = allowed[-1]
     assert worker_lines("taskset", "-c", str(last)) == [
         f"worker 0: taskset -c {last} nice -n 15 {repo}/launch/evidence_queue.sh worker 0 >> runs/queue_worker0.log"]
-    missing = queue(repo, "start", "--dry-run", CIFAR100_DIR=str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "no CIFAR-100 at" in missing.stderr
 
 
 def test_evidence_queue_worker_goes_through_the_queue_and_stops_at_an_interruption(tmp_path):
