@@ -159,8 +159,7 @@ def machines(results: list[dict]) -> str:
     'not recorded', so that a row mixing old and new seeds names both."""
     seconds = hardware.total_seconds(r.get("trained_on_s") or {"not recorded": sum(r["wall_time_s"].values())}
                                      for r in results)
-    names = sorted(seconds, key=seconds.get, reverse=True)
-    return "; ".join(hardware.short_name(n) for n in names) if names else "not recorded"
+    return "; ".join(hardware.short_name(n) for n in sorted(seconds, key=seconds.get, reverse=True))
 
 
 # The comparisons issue 30 asks for in a sentence each: (method, against).
